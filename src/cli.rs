@@ -1,0 +1,178 @@
+//! The command line: `run` (default), `check`, `validate`.
+
+use crate::config;
+use crate::inspect::{compile_schema_file, Inspector, Transcription, Validation};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// hookgate: edge gateway for sipgate AI Agents webhooks.
+#[derive(Debug, Parser)]
+#[command(name = "hookgate", version, about)]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(short, long, global = true, default_value = "conf/hookgate.toml")]
+    pub config: PathBuf,
+    /// Log format (overrides `[log] format`).
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// What to do (default: run).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Log formats.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// JSON lines.
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway.
+    Run,
+    /// Load and validate the configuration; print a summary or every error.
+    Check,
+    /// Run parse, validate and transform offline on payload files.
+    Validate {
+        /// Use this route's settings from the configuration.
+        #[arg(long, conflicts_with = "schema")]
+        route: Option<String>,
+        /// Validate against this schema file (enforce, transcription kept).
+        #[arg(long)]
+        schema: Option<PathBuf>,
+        /// Payload files.
+        #[arg(required = true)]
+        payloads: Vec<PathBuf>,
+    },
+}
+
+/// Run the command line; returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => run(&cli.config, cli.log_format),
+        Command::Check => check(&cli.config),
+        Command::Validate { route, schema, payloads } => validate(&cli.config, route, schema, &payloads),
+    }
+}
+
+fn run(path: &std::path::Path, fmt: Option<LogFormat>) -> ExitCode {
+    let cfg = match config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let json = match fmt {
+        Some(LogFormat::Json) => true,
+        Some(LogFormat::Text) => false,
+        None => cfg.log_json,
+    };
+    crate::log::init(&cfg.log_level, json);
+    match crate::server::run(&cfg) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match config::load(path) {
+        Ok(cfg) => {
+            println!("{}: OK", path.display());
+            print!("{}", cfg.summary());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn validate(path: &std::path::Path, route: Option<String>, schema: Option<PathBuf>, payloads: &[PathBuf]) -> ExitCode {
+    let inspector = match (route, schema) {
+        (_, Some(s)) => match compile_schema_file(&s) {
+            Ok(schema) => Inspector::new(Some(Arc::new(schema)), Validation::Enforce, Transcription::Keep),
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        (name, None) => {
+            let cfg = match config::load(path) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let found = match &name {
+                Some(n) => cfg.routes.iter().find(|r| &r.name == n),
+                None if cfg.routes.len() == 1 => cfg.routes.first(),
+                None => {
+                    eprintln!("the configuration has several routes: name one with --route");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match found {
+                Some(r) => r.inspector.clone(),
+                None => {
+                    eprintln!("no route named {:?} in {}", name.unwrap_or_default(), path.display());
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    };
+    let mut rejected = 0;
+    for p in payloads {
+        let body = match std::fs::read(p) {
+            Ok(b) => b,
+            Err(e) => {
+                println!("{}: error: cannot read: {e}", p.display());
+                rejected += 1;
+                continue;
+            }
+        };
+        match inspector.inspect(&body) {
+            Ok(out) => {
+                let what = match &out.body {
+                    Some(b) => format!("transformed ({} -> {} bytes)", body.len(), b.len()),
+                    None => format!("unchanged ({} bytes)", body.len()),
+                };
+                let report = if out.violations.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {} violation(s) reported", out.violations.len())
+                };
+                println!("{}: accepted, {what}{report}", p.display());
+                for v in &out.violations {
+                    println!("  {} {}", if v.path.is_empty() { "/" } else { &v.path }, v.message);
+                }
+            }
+            Err(r) => {
+                rejected += 1;
+                println!("{}: rejected {} {}: {}", p.display(), r.status(), r.code(), r.message());
+                if let crate::error::Rejection::SchemaViolation(v) = &r {
+                    for v in v {
+                        println!("  {} {}", if v.path.is_empty() { "/" } else { &v.path }, v.message);
+                    }
+                }
+            }
+        }
+    }
+    if rejected > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}

@@ -1,0 +1,280 @@
+//! The configuration file as written by operators: a serde model of the TOML file.
+//!
+//! Every table rejects unknown keys (`deny_unknown_fields`): a typo is an error, never
+//! silently ignored. Values here are unchecked strings and numbers; `runtime.rs` turns
+//! them into the validated model the gateway runs on.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// `[server]`: the public listener(s) and the process.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// Public listen addresses, `host:port`.
+    #[serde(default = "default_listen")]
+    pub listen: Vec<String>,
+    /// Worker threads.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+    /// Serve TLS on the public listeners with this certificate and key (PEM).
+    pub tls: Option<TlsSection>,
+    /// On SIGTERM, how long requests in flight may take before the process exits.
+    #[serde(default = "default_grace_ms")]
+    pub shutdown_grace_ms: u64,
+    /// How long a client may take to send the request line and headers.
+    #[serde(default = "default_header_timeout_ms")]
+    pub header_timeout_ms: u64,
+    /// How long an idle keep-alive connection from a client is kept open.
+    #[serde(default = "default_keepalive_ms")]
+    pub keepalive_timeout_ms: u64,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            listen: default_listen(),
+            threads: default_threads(),
+            tls: None,
+            shutdown_grace_ms: default_grace_ms(),
+            header_timeout_ms: default_header_timeout_ms(),
+            keepalive_timeout_ms: default_keepalive_ms(),
+        }
+    }
+}
+
+/// `tls = { cert = "...", key = "..." }`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// PEM certificate chain.
+    pub cert: String,
+    /// PEM private key.
+    pub key: String,
+}
+
+/// `[metrics]`: where Prometheus scrapes, plus `/healthz` and `/readyz`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Listen address of the metrics listener; never the public one.
+    #[serde(default = "default_metrics_listen")]
+    pub listen: String,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        MetricsSection {
+            listen: default_metrics_listen(),
+        }
+    }
+}
+
+/// `[access]`: who may send webhooks.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AccessSection {
+    /// Allowed client networks (CIDR or single addresses). Omitted: sipgate's
+    /// documented source address, 217.116.118.254, only.
+    pub allow: Option<Vec<String>>,
+    /// Peers (load balancers) whose `X-Forwarded-For` header is believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// A shared-secret header every request must carry (all routes).
+    pub secret: Option<SecretSection>,
+}
+
+/// `secret = { header = "X-Hookgate-Secret", value = "${HOOKGATE_SECRET}" }`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SecretSection {
+    /// The header that carries the secret.
+    #[serde(default = "default_secret_header")]
+    pub header: String,
+    /// The accepted value.
+    pub value: Option<String>,
+    /// Further accepted values, so a secret can be rotated without downtime.
+    #[serde(default)]
+    pub values: Vec<String>,
+}
+
+/// `[limits]`: body bounds (defaults for every route).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Largest accepted body; 413 beyond.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: u64,
+    /// Time allowed for the whole body to arrive; 408 beyond.
+    #[serde(default = "default_body_timeout_ms")]
+    pub body_timeout_ms: u64,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            max_body_bytes: default_max_body(),
+            body_timeout_ms: default_body_timeout_ms(),
+        }
+    }
+}
+
+/// `[spool]`: durable delivery (reserved for `delivery = "spool"`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolSection {
+    /// Spool folder.
+    pub dir: Option<String>,
+    /// Disk budget of the spool.
+    pub max_bytes: Option<u64>,
+}
+
+/// `[log]`: process logging.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    /// `error`, `warn`, `info`, `debug` or `trace` (or an `EnvFilter` directive);
+    /// `RUST_LOG` overrides it.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    /// `text` or `json`; `--log-format` overrides it.
+    #[serde(default = "default_log_format")]
+    pub format: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection {
+            level: default_log_level(),
+            format: default_log_format(),
+        }
+    }
+}
+
+/// One or several strings (`upstream = "..."` or `upstream = ["...", "..."]`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    /// A single value.
+    One(String),
+    /// A list of values.
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    /// The values as a list.
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// `[[route]]`: a public path and where its webhooks go.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSection {
+    /// The `route` label in metrics and logs.
+    pub name: String,
+    /// Exact public path.
+    pub path: String,
+    /// `http(s)://host:port[/path]`, a list of them (balanced), or `file:PATH`.
+    pub upstream: OneOrMany,
+    /// JSON Schema file the body is validated against.
+    pub schema: Option<String>,
+    /// `enforce`, `report` or `off`.
+    pub validation: Option<String>,
+    /// `keep`, `strip` or `strip_text`.
+    pub transcription: Option<String>,
+    /// Upstream timeout for the whole exchange.
+    #[serde(default = "default_route_timeout_ms")]
+    pub timeout_ms: u64,
+    /// `proxy` (only this one is available in this build), `spool`, `proxy_or_spool`.
+    #[serde(default = "default_delivery")]
+    pub delivery: String,
+    /// Per-route override of `[limits] max_body_bytes`.
+    pub max_body_bytes: Option<u64>,
+    /// Per-route override of `[limits] body_timeout_ms`.
+    pub body_timeout_ms: Option<u64>,
+    /// Per-route shared secret; replaces the global one for this route.
+    pub secret: Option<SecretSection>,
+    /// Header changes on the way upstream.
+    #[serde(default)]
+    pub headers: HeadersSection,
+}
+
+/// `[route.headers]`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HeadersSection {
+    /// Headers set (replaced) on the upstream request.
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    /// Headers removed from the upstream request.
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+fn default_listen() -> Vec<String> {
+    vec!["0.0.0.0:8080".into()]
+}
+fn default_threads() -> usize {
+    2
+}
+fn default_grace_ms() -> u64 {
+    5_000
+}
+fn default_header_timeout_ms() -> u64 {
+    10_000
+}
+fn default_keepalive_ms() -> u64 {
+    60_000
+}
+fn default_metrics_listen() -> String {
+    "127.0.0.1:9464".into()
+}
+fn default_secret_header() -> String {
+    "X-Hookgate-Secret".into()
+}
+fn default_max_body() -> u64 {
+    1_048_576
+}
+fn default_body_timeout_ms() -> u64 {
+    10_000
+}
+fn default_route_timeout_ms() -> u64 {
+    8_000
+}
+fn default_delivery() -> String {
+    "proxy".into()
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+fn default_log_format() -> String {
+    "text".into()
+}
+
+/// The whole file, section by section. Sections are deserialized one at a time by
+/// `runtime::load` so that an error in one does not hide errors in another.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FileConfig {
+    /// `[server]`
+    pub server: ServerSection,
+    /// `[metrics]`
+    pub metrics: MetricsSection,
+    /// `[access]`
+    pub access: AccessSection,
+    /// `[limits]`
+    pub limits: LimitsSection,
+    /// `[spool]`
+    pub spool: Option<SpoolSection>,
+    /// `[log]`
+    pub log: LogSection,
+    /// `[[route]]`
+    pub routes: Vec<RouteSection>,
+}
+
+/// The top-level keys a file may have.
+pub const TOP_LEVEL_KEYS: &[&str] = &["server", "metrics", "access", "limits", "spool", "log", "route"];

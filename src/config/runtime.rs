@@ -1,0 +1,890 @@
+//! The validated runtime model, built once from the file model.
+//!
+//! Everything that can be checked at start is checked here: addresses and
+//! networks parsed, upstream URLs resolved, header names and values valid,
+//! schemas compiled, `${NAME}` variables present. All errors are collected and
+//! returned together.
+
+use super::file::{self, FileConfig, OneOrMany, SecretSection, TOP_LEVEL_KEYS};
+use super::{ConfigError, ConfigErrors};
+use crate::access::{parse_net, AccessPolicy, SIPGATE_SOURCE};
+use crate::inspect::{Inspector, Transcription, Validation};
+use http::{HeaderName, HeaderValue};
+use serde::de::DeserializeOwned;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+
+/// Where `${NAME}` values come from; tests inject their own.
+pub trait Env {
+    /// The variable's value, if set.
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl Env for HashMap<String, String> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
+    }
+}
+
+/// The whole validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    /// The file it came from.
+    pub source: PathBuf,
+    /// Listeners and process settings.
+    pub server: ServerSettings,
+    /// Metrics listener address.
+    pub metrics_listen: SocketAddr,
+    /// Allow list and trusted proxies.
+    pub access: AccessPolicy,
+    /// Global shared secret (routes may override).
+    pub secret: Option<Arc<Secret>>,
+    /// Defaults for routes.
+    pub limits: Limits,
+    /// Routes in file order.
+    pub routes: Vec<Arc<Route>>,
+    /// Log level directive.
+    pub log_level: String,
+    /// Whether logs are JSON lines.
+    pub log_json: bool,
+}
+
+/// `[server]`, validated.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Public listen addresses.
+    pub listen: Vec<SocketAddr>,
+    /// Worker threads.
+    pub threads: usize,
+    /// TLS certificate and key paths, resolved.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Grace for requests in flight on SIGTERM.
+    pub shutdown_grace: Duration,
+    /// Time allowed for a request's header.
+    pub header_timeout: Duration,
+    /// Idle keep-alive time between requests.
+    pub keepalive_timeout: Duration,
+}
+
+/// Body limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest body accepted.
+    pub max_body_bytes: u64,
+    /// Time allowed for the body.
+    pub body_timeout: Duration,
+}
+
+/// A shared secret: the header, and every accepted value.
+#[derive(Clone)]
+pub struct Secret {
+    /// Header name.
+    pub header: HeaderName,
+    /// Accepted values (several while rotating).
+    pub values: Vec<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the values.
+        write!(f, "Secret {{ header: {}, values: {} }}", self.header, self.values.len())
+    }
+}
+
+impl Secret {
+    /// Constant-time check of a presented value against every accepted one.
+    pub fn accepts(&self, presented: Option<&[u8]>) -> bool {
+        let Some(p) = presented else { return false };
+        let mut ok = 0u8;
+        for v in &self.values {
+            ok |= u8::from(constant_time_eq::constant_time_eq(p, v));
+        }
+        ok == 1
+    }
+}
+
+/// How a route delivers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// The upstream's answer goes back to the caller.
+    Proxy,
+}
+
+/// One HTTP upstream target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpTarget {
+    /// The URL as configured (for summaries; holds no secret by convention).
+    pub url: String,
+    /// Resolved address.
+    pub addr: SocketAddr,
+    /// `https`?
+    pub tls: bool,
+    /// Host name for SNI and certificate checks.
+    pub sni: String,
+    /// `Host` header value (`host[:port]`).
+    pub authority: String,
+    /// Path (and query) that replaces the public path.
+    pub path: String,
+}
+
+/// The `file:` upstream: an append-only JSON-lines archive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileSink {
+    /// Resolved path of the file.
+    pub path: PathBuf,
+}
+
+/// Where a route's webhooks go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upstream {
+    /// One or more HTTP(S) targets, balanced round-robin.
+    Http(Vec<HttpTarget>),
+    /// Append to a local file.
+    File(FileSink),
+}
+
+/// Header changes on the way upstream.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderRules {
+    /// Set (replace) these.
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    /// Remove these.
+    pub remove: Vec<HeaderName>,
+}
+
+/// A route, validated.
+#[derive(Debug)]
+pub struct Route {
+    /// Name (the `route` label).
+    pub name: String,
+    /// Exact public path.
+    pub path: String,
+    /// Where it goes.
+    pub upstream: Upstream,
+    /// Parse, validate and transform settings.
+    pub inspector: Inspector,
+    /// Upstream timeout (whole exchange).
+    pub timeout: Duration,
+    /// Delivery mode.
+    pub delivery: Delivery,
+    /// Body limits.
+    pub limits: Limits,
+    /// Shared secret for this route (its own or the global one).
+    pub secret: Option<Arc<Secret>>,
+    /// Header rules.
+    pub headers: HeaderRules,
+}
+
+/// Load and validate a configuration file from disk, reading `${NAME}` from the
+/// process environment.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+        path: path.display().to_string(),
+        errors: vec![ConfigError {
+            at: "file".into(),
+            message: format!("cannot read: {e}"),
+        }],
+    })?;
+    load_str(&text, path, &ProcessEnv)
+}
+
+/// Load and validate configuration text. Relative paths are resolved against the
+/// folder of `path`.
+pub fn load_str(text: &str, path: &Path, env: &dyn Env) -> Result<Config, ConfigErrors> {
+    let mut b = Builder {
+        env,
+        base: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+        errors: Vec::new(),
+    };
+    let cfg = b.build(text, path);
+    if b.errors.is_empty() {
+        if let Some(cfg) = cfg {
+            return Ok(cfg);
+        }
+    }
+    Err(ConfigErrors {
+        path: path.display().to_string(),
+        errors: b.errors,
+    })
+}
+
+struct Builder<'a> {
+    env: &'a dyn Env,
+    base: PathBuf,
+    errors: Vec<ConfigError>,
+}
+
+impl Builder<'_> {
+    fn err(&mut self, at: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            at: at.into(),
+            message: message.into(),
+        });
+    }
+
+    /// Deserialize one section, recording the error instead of stopping.
+    fn section<T: DeserializeOwned + Default>(&mut self, table: &toml::Table, key: &str) -> T {
+        match table.get(key) {
+            None => T::default(),
+            Some(v) => match v.clone().try_into::<T>() {
+                Ok(t) => t,
+                Err(e) => {
+                    self.err(format!("[{key}]"), clean_serde(&e.to_string()));
+                    T::default()
+                }
+            },
+        }
+    }
+
+    fn parse_file(&mut self, text: &str) -> Option<FileConfig> {
+        let table: toml::Table = match text.parse() {
+            Ok(t) => t,
+            Err(e) => {
+                let at = match e.span() {
+                    Some(span) => {
+                        let line = text.get(..span.start).map_or(0, |t| t.matches('\n').count()) + 1;
+                        format!("line {line}")
+                    }
+                    None => "file".into(),
+                };
+                self.err(at, format!("TOML syntax: {}", e.message()));
+                return None;
+            }
+        };
+        for key in table.keys() {
+            if !TOP_LEVEL_KEYS.contains(&key.as_str()) {
+                self.err(
+                    key.clone(),
+                    format!("unknown section `{key}`, expected one of {}", TOP_LEVEL_KEYS.join(", ")),
+                );
+            }
+        }
+        let mut fc = FileConfig {
+            server: self.section(&table, "server"),
+            metrics: self.section(&table, "metrics"),
+            access: self.section(&table, "access"),
+            limits: self.section(&table, "limits"),
+            log: self.section(&table, "log"),
+            ..FileConfig::default()
+        };
+        if let Some(spool) = table.get("spool") {
+            match spool.clone().try_into::<file::SpoolSection>() {
+                Ok(s) => fc.spool = Some(s),
+                Err(e) => self.err("[spool]", clean_serde(&e.to_string())),
+            }
+        }
+        match table.get("route") {
+            None => {}
+            Some(toml::Value::Array(routes)) => {
+                for (i, r) in routes.iter().enumerate() {
+                    let name = r.get("name").and_then(|n| n.as_str()).map(|n| format!(" {n:?}")).unwrap_or_default();
+                    match r.clone().try_into::<file::RouteSection>() {
+                        Ok(r) => fc.routes.push(r),
+                        Err(e) => self.err(format!("route[{i}]{name}"), clean_serde(&e.to_string())),
+                    }
+                }
+            }
+            Some(_) => self.err("route", "must be an array of tables: write [[route]]"),
+        }
+        Some(fc)
+    }
+
+    /// Expand `${NAME}` from the environment.
+    fn expand(&mut self, at: &str, value: &str) -> String {
+        let mut out = String::with_capacity(value.len());
+        let mut rest = value;
+        while let Some(start) = rest.find("${") {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 2..];
+            match after.find('}') {
+                Some(end) => {
+                    let name = &after[..end];
+                    let valid = !name.is_empty()
+                        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+                    if !valid {
+                        self.err(at, format!("`${{{name}}}` is not a valid variable reference"));
+                    } else {
+                        match self.env.var(name) {
+                            Some(v) => out.push_str(&v),
+                            None => self.err(at, format!("environment variable {name} is not set")),
+                        }
+                    }
+                    rest = &after[end + 1..];
+                }
+                None => {
+                    self.err(at, "unterminated `${` (write `${NAME}`)");
+                    rest = "";
+                }
+            }
+        }
+        out.push_str(rest);
+        out
+    }
+
+    fn resolve_path(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    fn socket_addr(&mut self, at: &str, s: &str) -> Option<SocketAddr> {
+        let s = self.expand(at, s);
+        match s.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.err(at, format!("{s:?} is not a listen address (write host:port, e.g. 127.0.0.1:8080 or [::1]:8080)"));
+                None
+            }
+        }
+    }
+
+    fn nets(&mut self, at: &str, list: &[String]) -> Vec<ipnet::IpNet> {
+        let mut out = Vec::new();
+        for (i, s) in list.iter().enumerate() {
+            let s = self.expand(&format!("{at}[{i}]"), s);
+            match parse_net(&s) {
+                Ok(n) => out.push(n),
+                Err(e) => self.err(format!("{at}[{i}]"), e),
+            }
+        }
+        out
+    }
+
+    fn secret(&mut self, at: &str, s: &SecretSection) -> Option<Arc<Secret>> {
+        let header = match HeaderName::from_bytes(s.header.as_bytes()) {
+            Ok(h) => h,
+            Err(_) => {
+                self.err(format!("{at}.header"), format!("{:?} is not a valid header name", s.header));
+                return None;
+            }
+        };
+        let mut values = Vec::new();
+        for (i, v) in s.value.iter().chain(s.values.iter()).enumerate() {
+            let v = self.expand(&format!("{at}.value[{i}]"), v);
+            if v.len() < 16 {
+                self.err(format!("{at}.value[{i}]"), "a secret must be at least 16 characters long");
+            } else if HeaderValue::from_str(&v).is_err() {
+                self.err(format!("{at}.value[{i}]"), "a secret must be printable ASCII, usable as a header value");
+            } else {
+                values.push(v.into_bytes());
+            }
+        }
+        if values.is_empty() && s.value.is_none() && s.values.is_empty() {
+            self.err(at, "a secret needs `value` or `values`");
+        }
+        Some(Arc::new(Secret { header, values }))
+    }
+
+    fn build(&mut self, text: &str, path: &Path) -> Option<Config> {
+        let fc = self.parse_file(text)?;
+
+        // [server]
+        let mut listen = Vec::new();
+        if fc.server.listen.is_empty() {
+            self.err("server.listen", "at least one listen address is needed");
+        }
+        for (i, l) in fc.server.listen.iter().enumerate() {
+            if let Some(a) = self.socket_addr(&format!("server.listen[{i}]"), l) {
+                listen.push(a);
+            }
+        }
+        if fc.server.threads == 0 || fc.server.threads > 256 {
+            self.err("server.threads", "must be between 1 and 256");
+        }
+        let tls = fc.server.tls.as_ref().map(|t| {
+            let cert = self.expand("server.tls.cert", &t.cert);
+            let key = self.expand("server.tls.key", &t.key);
+            let (cert, key) = (self.resolve_path(&cert), self.resolve_path(&key));
+            for (k, p) in [("cert", &cert), ("key", &key)] {
+                if !p.is_file() {
+                    self.err(format!("server.tls.{k}"), format!("{} is not a readable file", p.display()));
+                }
+            }
+            (cert, key)
+        });
+        for (k, v) in [
+            ("server.shutdown_grace_ms", fc.server.shutdown_grace_ms),
+            ("server.header_timeout_ms", fc.server.header_timeout_ms),
+            ("server.keepalive_timeout_ms", fc.server.keepalive_timeout_ms),
+        ] {
+            if v > 3_600_000 {
+                self.err(k, "must be at most 3600000 (one hour)");
+            }
+        }
+        if fc.server.header_timeout_ms == 0 {
+            self.err("server.header_timeout_ms", "must be greater than 0");
+        }
+        let server = ServerSettings {
+            listen: listen.clone(),
+            threads: fc.server.threads.clamp(1, 256),
+            tls,
+            shutdown_grace: Duration::from_millis(fc.server.shutdown_grace_ms),
+            header_timeout: Duration::from_millis(fc.server.header_timeout_ms.max(1)),
+            keepalive_timeout: Duration::from_millis(fc.server.keepalive_timeout_ms),
+        };
+
+        // [metrics]
+        let metrics_listen = self.socket_addr("metrics.listen", &fc.metrics.listen);
+        if let Some(m) = metrics_listen {
+            if listen.contains(&m) {
+                self.err("metrics.listen", "must differ from every server.listen address: metrics are never served on the public listener");
+            }
+        }
+
+        // [access]
+        let allow_list = fc.access.allow.clone().unwrap_or_else(|| vec![SIPGATE_SOURCE.to_string()]);
+        let allow = self.nets("access.allow", &allow_list);
+        let trusted = self.nets("access.trusted_proxies", &fc.access.trusted_proxies);
+        let access = AccessPolicy::new(allow, trusted);
+        let secret = fc.access.secret.as_ref().and_then(|s| self.secret("access.secret", s));
+
+        // [limits]
+        let limits = self.limits("limits", fc.limits.max_body_bytes, fc.limits.body_timeout_ms);
+
+        // [spool]
+        if fc.spool.is_some() {
+            // Accepted so that configs written for the spool parse; it has no effect
+            // until a route uses delivery = "spool" (which this build refuses below).
+        }
+
+        // [log]
+        let log_json = match fc.log.format.as_str() {
+            "text" => false,
+            "json" => true,
+            other => {
+                self.err("log.format", format!("{other:?} is not one of text, json"));
+                false
+            }
+        };
+        if tracing_subscriber::EnvFilter::try_new(&fc.log.level).is_err() {
+            self.err("log.level", format!("{:?} is not a log level or filter directive", fc.log.level));
+        }
+
+        // [[route]]
+        if fc.routes.is_empty() {
+            self.err("route", "at least one [[route]] is needed");
+        }
+        let mut routes: Vec<Arc<Route>> = Vec::new();
+        let mut names: BTreeMap<String, usize> = BTreeMap::new();
+        let mut paths: BTreeMap<String, usize> = BTreeMap::new();
+        for (i, r) in fc.routes.iter().enumerate() {
+            let at = format!("route[{i}] {:?}", r.name);
+            if let Some(prev) = names.insert(r.name.clone(), i) {
+                self.err(format!("{at}.name"), format!("duplicate route name (also route[{prev}])"));
+            }
+            if let Some(prev) = paths.insert(r.path.clone(), i) {
+                self.err(format!("{at}.path"), format!("duplicate path (also route[{prev}])"));
+            }
+            if let Some(route) = self.route(&at, r, limits, &secret) {
+                routes.push(Arc::new(route));
+            }
+        }
+
+        Some(Config {
+            source: path.to_path_buf(),
+            server,
+            metrics_listen: metrics_listen?,
+            access,
+            secret,
+            limits,
+            routes,
+            log_level: fc.log.level.clone(),
+            log_json,
+        })
+    }
+
+    fn limits(&mut self, at: &str, max_body: u64, body_timeout_ms: u64) -> Limits {
+        if max_body == 0 || max_body > 64 * 1024 * 1024 {
+            self.err(format!("{at}.max_body_bytes"), "must be between 1 and 67108864 (64 MiB)");
+        }
+        if body_timeout_ms == 0 || body_timeout_ms > 600_000 {
+            self.err(format!("{at}.body_timeout_ms"), "must be between 1 and 600000");
+        }
+        Limits {
+            max_body_bytes: max_body.clamp(1, 64 * 1024 * 1024),
+            body_timeout: Duration::from_millis(body_timeout_ms.max(1)),
+        }
+    }
+
+    fn route(
+        &mut self,
+        at: &str,
+        r: &file::RouteSection,
+        global_limits: Limits,
+        global_secret: &Option<Arc<Secret>>,
+    ) -> Option<Route> {
+        let mut ok = true;
+        if r.name.is_empty()
+            || r.name.len() > 64
+            || !r.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+        {
+            self.err(format!("{at}.name"), "must be 1-64 characters of A-Z a-z 0-9 _ - .");
+            ok = false;
+        }
+        if r.name == crate::metrics::NO_ROUTE {
+            self.err(format!("{at}.name"), "`none` is reserved for requests that match no route");
+        }
+        if !r.path.starts_with('/') || r.path.contains(['?', '#', ' ']) {
+            self.err(format!("{at}.path"), "must start with / and hold no query, fragment or space");
+            ok = false;
+        }
+        let upstream = self.upstream(&format!("{at}.upstream"), &r.upstream);
+        let validation = match r.validation.as_deref() {
+            None if r.schema.is_some() => Validation::Enforce,
+            None => Validation::Off,
+            Some("enforce") => Validation::Enforce,
+            Some("report") => Validation::Report,
+            Some("off") => Validation::Off,
+            Some(other) => {
+                self.err(format!("{at}.validation"), format!("{other:?} is not one of enforce, report, off"));
+                Validation::Off
+            }
+        };
+        let transcription = match r.transcription.as_deref() {
+            None | Some("keep") => Transcription::Keep,
+            Some("strip") => Transcription::Strip,
+            Some("strip_text") => Transcription::StripText,
+            Some(other) => {
+                self.err(format!("{at}.transcription"), format!("{other:?} is not one of keep, strip, strip_text"));
+                Transcription::Keep
+            }
+        };
+        let schema = match &r.schema {
+            None => {
+                if validation != Validation::Off {
+                    self.err(format!("{at}.schema"), "validation enforce/report needs a schema");
+                }
+                None
+            }
+            Some(s) => {
+                let s = self.expand(&format!("{at}.schema"), s);
+                let p = self.resolve_path(&s);
+                match crate::inspect::compile_schema_file(&p) {
+                    Ok(v) => Some(Arc::new(v)),
+                    Err(e) => {
+                        self.err(format!("{at}.schema"), e);
+                        None
+                    }
+                }
+            }
+        };
+        if r.timeout_ms == 0 || r.timeout_ms > 600_000 {
+            self.err(format!("{at}.timeout_ms"), "must be between 1 and 600000");
+        }
+        let delivery = match r.delivery.as_str() {
+            "proxy" => Delivery::Proxy,
+            "spool" | "proxy_or_spool" => {
+                self.err(
+                    format!("{at}.delivery"),
+                    format!("{:?} needs the durable spool, which this build does not have yet; use \"proxy\"", r.delivery),
+                );
+                Delivery::Proxy
+            }
+            other => {
+                self.err(format!("{at}.delivery"), format!("{other:?} is not one of proxy, spool, proxy_or_spool"));
+                Delivery::Proxy
+            }
+        };
+        let limits = self.limits(
+            at,
+            r.max_body_bytes.unwrap_or(global_limits.max_body_bytes),
+            r.body_timeout_ms.unwrap_or(global_limits.body_timeout.as_millis() as u64),
+        );
+        let secret = match &r.secret {
+            Some(s) => self.secret(&format!("{at}.secret"), s),
+            None => global_secret.clone(),
+        };
+        let mut headers = HeaderRules::default();
+        for (k, v) in &r.headers.set {
+            let hat = format!("{at}.headers.set.{k}");
+            let v = self.expand(&hat, v);
+            match (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(&v)) {
+                (Ok(n), Ok(v)) => {
+                    if crate::headers::is_managed(&n) {
+                        self.err(&hat, "this header is managed by hookgate and cannot be set");
+                    }
+                    headers.set.push((n, v))
+                }
+                (Err(_), _) => self.err(&hat, format!("{k:?} is not a valid header name")),
+                (_, Err(_)) => self.err(&hat, "the value is not a valid header value (control characters?)"),
+            }
+        }
+        for (i, k) in r.headers.remove.iter().enumerate() {
+            match HeaderName::from_bytes(k.as_bytes()) {
+                Ok(n) => headers.remove.push(n),
+                Err(_) => self.err(format!("{at}.headers.remove[{i}]"), format!("{k:?} is not a valid header name")),
+            }
+        }
+        let upstream = upstream?;
+        if !ok {
+            return None;
+        }
+        Some(Route {
+            name: r.name.clone(),
+            path: r.path.clone(),
+            upstream,
+            inspector: Inspector::new(schema, validation, transcription),
+            timeout: Duration::from_millis(r.timeout_ms.max(1)),
+            delivery,
+            limits,
+            secret,
+            headers,
+        })
+    }
+
+    fn upstream(&mut self, at: &str, u: &OneOrMany) -> Option<Upstream> {
+        let list = u.to_vec();
+        if list.is_empty() {
+            self.err(at, "at least one upstream is needed");
+            return None;
+        }
+        let list: Vec<String> = list
+            .iter()
+            .enumerate()
+            .map(|(i, s)| self.expand(&format!("{at}[{i}]"), s))
+            .collect();
+        if let Some(f) = list.iter().find_map(|s| s.strip_prefix("file:")) {
+            if list.len() > 1 {
+                self.err(at, "a file: upstream cannot be balanced with others");
+                return None;
+            }
+            if f.is_empty() {
+                self.err(at, "file: needs a path, e.g. file:var/webhooks.jsonl");
+                return None;
+            }
+            return Some(Upstream::File(FileSink {
+                path: self.resolve_path(f),
+            }));
+        }
+        let mut targets = Vec::new();
+        for (i, s) in list.iter().enumerate() {
+            let uat = if list.len() > 1 { format!("{at}[{i}]") } else { at.to_string() };
+            match parse_http_target(s) {
+                Ok(t) => targets.push(t),
+                Err(e) => self.err(uat, e),
+            }
+        }
+        (targets.len() == list.len()).then_some(Upstream::Http(targets))
+    }
+}
+
+/// Parse and resolve `http(s)://host[:port][/path][?query]`.
+pub fn parse_http_target(s: &str) -> Result<HttpTarget, String> {
+    let url = url::Url::parse(s).map_err(|e| format!("{s:?} is not a URL: {e}"))?;
+    let tls = match url.scheme() {
+        "http" => false,
+        "https" => true,
+        other => return Err(format!("scheme {other:?} is not supported (http, https or file:)")),
+    };
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("credentials in the URL are not supported; use [route.headers] set".into());
+    }
+    if url.fragment().is_some() {
+        return Err("a fragment (#...) has no meaning in an upstream URL".into());
+    }
+    let host = url.host_str().ok_or_else(|| format!("{s:?} has no host"))?.to_string();
+    let port = url.port_or_known_default().unwrap_or(if tls { 443 } else { 80 });
+    let bare_host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    let addr = (bare_host.as_str(), port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{host} resolves to no address"))?;
+    let authority = match url.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.clone(),
+    };
+    let mut path = url.path().to_string();
+    if let Some(q) = url.query() {
+        path.push('?');
+        path.push_str(q);
+    }
+    Ok(HttpTarget {
+        url: s.to_string(),
+        addr,
+        tls,
+        sni: bare_host,
+        authority,
+        path,
+    })
+}
+
+/// serde messages mention Rust-isms; keep them readable.
+fn clean_serde(msg: &str) -> String {
+    msg.trim().replace('\n', " ").replace("  ", " ")
+}
+
+impl Config {
+    /// A human summary: listeners, routes, upstreams, schemas. Holds no secret.
+    pub fn summary(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let listen: Vec<String> = self.server.listen.iter().map(|a| a.to_string()).collect();
+        let _ = writeln!(
+            s,
+            "listen {} ({}), {} thread(s); metrics, /healthz, /readyz on {}",
+            listen.join(", "),
+            if self.server.tls.is_some() { "https" } else { "http" },
+            self.server.threads,
+            self.metrics_listen
+        );
+        let allow: Vec<String> = self.access.allow().iter().map(|n| n.to_string()).collect();
+        let trusted: Vec<String> = self.access.trusted().iter().map(|n| n.to_string()).collect();
+        let _ = writeln!(
+            s,
+            "allow {}; trusted proxies: {}{}",
+            allow.join(", "),
+            if trusted.is_empty() { "none (disallowed peers dropped at accept)".to_string() } else { trusted.join(", ") },
+            if self.secret.is_some() { "; shared secret required" } else { "" }
+        );
+        for r in &self.routes {
+            let up = match &r.upstream {
+                Upstream::File(f) => format!("file:{}", f.path.display()),
+                Upstream::Http(t) => t
+                    .iter()
+                    .map(|t| format!("{} ({})", t.url, t.addr))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            };
+            let _ = writeln!(
+                s,
+                "route {:?}: POST {} -> {}; schema {}; validation {}; transcription {}; max body {} B; timeout {} ms{}",
+                r.name,
+                r.path,
+                up,
+                r.inspector.schema_id().unwrap_or("none"),
+                r.inspector.validation().as_str(),
+                r.inspector.transcription().as_str(),
+                r.limits.max_body_bytes,
+                r.timeout.as_millis(),
+                if r.secret.is_some() { "; secret required" } else { "" }
+            );
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env() -> HashMap<String, String> {
+        HashMap::from([("TOKEN".to_string(), "abc".to_string())])
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        match load_str(text, Path::new("/etc/hookgate/hookgate.toml"), &env()) {
+            Ok(_) => vec![],
+            Err(e) => e.errors.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn minimal_config_loads_with_defaults() {
+        let cfg = load_str(
+            "[[route]]\nname = \"crm\"\npath = \"/hook\"\nupstream = \"http://127.0.0.1:9/x?y=1\"\n",
+            Path::new("/etc/hookgate/hookgate.toml"),
+            &env(),
+        )
+        .unwrap();
+        assert!(cfg.access.is_allowed("217.116.118.254".parse().unwrap()));
+        assert!(!cfg.access.is_allowed("127.0.0.1".parse().unwrap()));
+        assert_eq!(cfg.limits.max_body_bytes, 1_048_576);
+        let r = &cfg.routes[0];
+        assert_eq!(r.timeout, Duration::from_millis(8000));
+        match &r.upstream {
+            Upstream::Http(t) => {
+                assert_eq!(t[0].path, "/x?y=1");
+                assert_eq!(t[0].authority, "127.0.0.1:9");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn env_expansion() {
+        let cfg = load_str(
+            "[[route]]\nname = \"crm\"\npath = \"/hook\"\nupstream = \"file:out.jsonl\"\n[route.headers]\nset = { Authorization = \"Bearer ${TOKEN}\" }\n",
+            Path::new("/etc/hookgate/hookgate.toml"),
+            &env(),
+        )
+        .unwrap();
+        assert_eq!(cfg.routes[0].headers.set[0].1, "Bearer abc");
+        assert_eq!(cfg.routes[0].upstream, Upstream::File(FileSink { path: "/etc/hookgate/out.jsonl".into() }));
+    }
+
+    #[test]
+    fn every_error_at_once() {
+        let errs = errors(
+            r#"
+[server]
+listen = ["nonsense"]
+threds = 2
+
+[access]
+allow = ["10.0.0.0/33", "::1"]
+
+[[route]]
+name = "a"
+path = "nopath"
+upstream = "ftp://x"
+transcription = "drop"
+
+[[route]]
+name = "a"
+path = "/b"
+upstream = "http://127.0.0.1:1"
+[route.headers]
+set = { "X-T" = "${MISSING}" }
+"#,
+        );
+        let joined = errors_joined(&errs);
+        assert!(joined.contains("[server]: unknown field `threds`"), "{joined}");
+        assert!(joined.contains("access.allow[0]"), "{joined}");
+        assert!(joined.contains("route[0] \"a\".path"), "{joined}");
+        assert!(joined.contains("route[0] \"a\".upstream"), "{joined}");
+        assert!(joined.contains("route[0] \"a\".transcription"), "{joined}");
+        assert!(joined.contains("duplicate route name"), "{joined}");
+        assert!(joined.contains("MISSING is not set"), "{joined}");
+    }
+
+    fn errors_joined(e: &[String]) -> String {
+        e.join("\n")
+    }
+
+    #[test]
+    fn syntax_error_has_line() {
+        let errs = errors("[server]\nlisten = [\n");
+        assert_eq!(errs.len(), 1);
+        assert!(errs[0].starts_with("line "), "{errs:?}");
+    }
+
+    #[test]
+    fn secret_is_checked_constant_time_and_rotates() {
+        let s = Secret {
+            header: HeaderName::from_static("x-hookgate-secret"),
+            values: vec![b"old-secret-0123456789".to_vec(), b"new-secret-0123456789".to_vec()],
+        };
+        assert!(s.accepts(Some(b"old-secret-0123456789")));
+        assert!(s.accepts(Some(b"new-secret-0123456789")));
+        assert!(!s.accepts(Some(b"new-secret-012345678")));
+        assert!(!s.accepts(None));
+        assert!(!format!("{s:?}").contains("secret-0123"));
+    }
+}

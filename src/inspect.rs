@@ -1,0 +1,246 @@
+//! Body inspection: pipeline stages 6 (strict parse), 7 (schema validation) and
+//! 8 (privacy transforms). Plain code over bytes, usable without pingora.
+//!
+//! ```
+//! use hookgate::inspect::{Inspector, Transcription, Validation};
+//! let inspector = Inspector::new(None, Validation::Off, Transcription::Strip);
+//! let out = inspector
+//!     .inspect(br#"{"call":{"id":"c1"},"assist":{"transcription":{"content":"hi","chunks":[]}}}"#)
+//!     .unwrap();
+//! assert_eq!(out.body.as_deref(), Some(&br#"{"call":{"id":"c1"},"assist":{}}"#[..]));
+//! assert_eq!(out.call_id.as_deref(), Some("c1"));
+//! ```
+
+use crate::error::{Rejection, Violation};
+use serde_json::Value;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Most violations listed in a 422 answer.
+pub const MAX_VIOLATIONS: usize = 20;
+
+/// Per-route validation mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Validation {
+    /// Reject with 422 on violations.
+    Enforce,
+    /// Count and log violations, forward anyway.
+    Report,
+    /// No schema validation (the body is still parsed strictly).
+    Off,
+}
+
+impl Validation {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Validation::Enforce => "enforce",
+            Validation::Report => "report",
+            Validation::Off => "off",
+        }
+    }
+}
+
+/// Per-route transcription handling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transcription {
+    /// Forward it as sent.
+    Keep,
+    /// Remove `assist.transcription` whole.
+    Strip,
+    /// Keep chunks' speaker and timing, remove every `content` text.
+    StripText,
+}
+
+impl Transcription {
+    /// The config spelling (also the `mode` metric label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transcription::Keep => "keep",
+            Transcription::Strip => "strip",
+            Transcription::StripText => "strip_text",
+        }
+    }
+}
+
+/// A compiled JSON Schema.
+pub struct Schema {
+    id: String,
+    validator: jsonschema::Validator,
+}
+
+impl std::fmt::Debug for Schema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Schema({})", self.id)
+    }
+}
+
+impl Schema {
+    /// The schema's `$id` (or its file name when it has none).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+/// Read and compile a schema file. Only local content is used: with no
+/// retriever compiled in, a `$ref` to anything outside the file fails here,
+/// at start, and never reaches the network.
+pub fn compile_schema_file(path: &Path) -> Result<Schema, String> {
+    let text = std::fs::read(path).map_err(|e| format!("cannot read schema {}: {e}", path.display()))?;
+    let value: Value = serde_json::from_slice(&text)
+        .map_err(|e| format!("schema {} is not JSON: {e}", path.display()))?;
+    let id = value
+        .get("$id")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default());
+    let validator = jsonschema::validator_for(&value)
+        .map_err(|e| format!("schema {} does not compile: {e}", path.display()))?;
+    Ok(Schema { id, validator })
+}
+
+/// What inspection found and produced.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// The body to forward when it changed; `None` means forward the original bytes.
+    pub body: Option<Vec<u8>>,
+    /// `call.id`, when present and short.
+    pub call_id: Option<String>,
+    /// Schema violations (report mode; enforce mode rejects instead).
+    pub violations: Vec<Violation>,
+    /// Whether a transcription was removed or emptied.
+    pub transcription_removed: bool,
+}
+
+/// The inspection stage of one route.
+#[derive(Debug, Clone)]
+pub struct Inspector {
+    schema: Option<Arc<Schema>>,
+    validation: Validation,
+    transcription: Transcription,
+}
+
+impl Inspector {
+    /// An inspector with its schema (needed unless validation is off).
+    pub fn new(schema: Option<Arc<Schema>>, validation: Validation, transcription: Transcription) -> Self {
+        let validation = if schema.is_none() { Validation::Off } else { validation };
+        Inspector {
+            schema,
+            validation,
+            transcription,
+        }
+    }
+
+    /// The validation mode.
+    pub fn validation(&self) -> Validation {
+        self.validation
+    }
+
+    /// The transcription mode.
+    pub fn transcription(&self) -> Transcription {
+        self.transcription
+    }
+
+    /// The schema id, if any.
+    pub fn schema_id(&self) -> Option<&str> {
+        self.schema.as_deref().map(Schema::id)
+    }
+
+    /// Run parse, validate and transform on a whole body.
+    pub fn inspect(&self, body: &[u8]) -> Result<Outcome, Rejection> {
+        let mut doc = parse_strict(body)?;
+        let mut out = Outcome {
+            call_id: call_id(&doc),
+            ..Outcome::default()
+        };
+        if let (Some(schema), true) = (&self.schema, self.validation != Validation::Off) {
+            out.violations = violations(&schema.validator, &doc);
+            if !out.violations.is_empty() && self.validation == Validation::Enforce {
+                return Err(Rejection::SchemaViolation(std::mem::take(&mut out.violations)));
+            }
+        }
+        if self.transcription != Transcription::Keep && transform(&mut doc, self.transcription) {
+            out.transcription_removed = true;
+            out.body = Some(serde_json::to_vec(&doc).map_err(|e| Rejection::InvalidJson(e.to_string()))?);
+        }
+        Ok(out)
+    }
+}
+
+/// Strict RFC 8259 parse of a whole body.
+pub fn parse_strict(body: &[u8]) -> Result<Value, Rejection> {
+    if body.is_empty() {
+        return Err(Rejection::InvalidJson("the body is empty".into()));
+    }
+    if body.starts_with(&[0xEF, 0xBB, 0xBF]) {
+        return Err(Rejection::InvalidJson("byte-order mark at byte 0".into()));
+    }
+    let text = std::str::from_utf8(body)
+        .map_err(|e| Rejection::InvalidJson(format!("not UTF-8 at byte {}", e.valid_up_to())))?;
+    serde_json::from_str::<Value>(text).map_err(|e| Rejection::InvalidJson(e.to_string()))
+}
+
+fn call_id(doc: &Value) -> Option<String> {
+    let id = doc.get("call")?.get("id")?.as_str()?;
+    let safe = !id.is_empty()
+        && id.len() <= 128
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+    safe.then(|| id.to_string())
+}
+
+fn violations(validator: &jsonschema::Validator, doc: &Value) -> Vec<Violation> {
+    validator
+        .iter_errors(doc)
+        .take(MAX_VIOLATIONS)
+        .map(|e| Violation {
+            path: e.instance_path().to_string(),
+            message: describe(e.kind()),
+        })
+        .collect()
+}
+
+/// A message from the schema side of a violation: never the payload's value.
+fn describe(kind: &jsonschema::error::ValidationErrorKind) -> String {
+    use jsonschema::error::ValidationErrorKind as K;
+    match kind {
+        K::Required { property } => format!("required property {property} is missing"),
+        K::Type { kind } => format!("wrong type, expected {kind:?}").replace("Single(", "").replace("Multiple(", "").replace(')', ""),
+        K::Enum { options } => format!("not one of {options}"),
+        K::Constant { expected_value } => format!("must be {expected_value}"),
+        K::MinLength { limit } => format!("shorter than {limit} characters"),
+        K::MaxLength { limit } => format!("longer than {limit} characters"),
+        K::Minimum { limit } => format!("less than {limit}"),
+        K::Maximum { limit } => format!("greater than {limit}"),
+        K::ExclusiveMinimum { limit } => format!("not greater than {limit}"),
+        K::ExclusiveMaximum { limit } => format!("not less than {limit}"),
+        K::Pattern { pattern } => format!("does not match {pattern}"),
+        K::Format { format } => format!("not a valid {format}"),
+        K::MinItems { limit } => format!("fewer than {limit} items"),
+        K::MaxItems { limit } => format!("more than {limit} items"),
+        K::AdditionalProperties { unexpected } => format!("{} unexpected properties", unexpected.len()),
+        other => format!("fails the `{}` keyword", other.keyword()),
+    }
+}
+
+/// Apply the transcription mode; true when something changed.
+fn transform(doc: &mut Value, mode: Transcription) -> bool {
+    let Some(assist) = doc.get_mut("assist").and_then(Value::as_object_mut) else {
+        return false;
+    };
+    match mode {
+        Transcription::Keep => false,
+        Transcription::Strip => assist.remove("transcription").is_some(),
+        Transcription::StripText => {
+            let Some(t) = assist.get_mut("transcription").and_then(Value::as_object_mut) else {
+                return false;
+            };
+            let mut changed = t.remove("content").is_some();
+            if let Some(chunks) = t.get_mut("chunks").and_then(Value::as_array_mut) {
+                for c in chunks.iter_mut().filter_map(Value::as_object_mut) {
+                    changed |= c.remove("content").is_some();
+                }
+            }
+            changed
+        }
+    }
+}

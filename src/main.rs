@@ -1,0 +1,6 @@
+//! The `hookgate` binary: see `hookgate --help`.
+#![forbid(unsafe_code)]
+
+fn main() -> std::process::ExitCode {
+    hookgate::cli::main()
+}

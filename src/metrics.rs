@@ -1,0 +1,205 @@
+//! Prometheus metrics: the names, types and labels of product.md, in one registry,
+//! and their text rendering for the metrics listener.
+//!
+//! Label values are bounded: `route` is a configured route name or `none`,
+//! `outcome` is `forwarded` or an error code, `status` a class like `2xx`.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Latency buckets, in seconds: sub-millisecond gateway work up to sipgate's ~10 s timeout.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 7.5, 10.0, 15.0, 30.0,
+];
+
+/// Body size buckets, in bytes: 256 B up to 4 MiB.
+pub const SIZE_BUCKETS: &[f64] = &[
+    256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
+];
+
+/// The `route` label when no route matched.
+pub const NO_ROUTE: &str = "none";
+
+/// Every metric hookgate exports.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// `hookgate_requests_total{route,outcome}`
+    pub requests: IntCounterVec,
+    /// `hookgate_request_duration_seconds{route}`
+    pub request_duration: HistogramVec,
+    /// `hookgate_upstream_duration_seconds{route}`
+    pub upstream_duration: HistogramVec,
+    /// `hookgate_upstream_responses_total{route,status}`
+    pub upstream_responses: IntCounterVec,
+    /// `hookgate_request_body_bytes{route}`
+    pub body_bytes: HistogramVec,
+    /// `hookgate_schema_violations_total{route}`
+    pub schema_violations: IntCounterVec,
+    /// `hookgate_transcriptions_removed_total{route,mode}`
+    pub transcriptions_removed: IntCounterVec,
+    /// `hookgate_connections_rejected_total`
+    pub connections_rejected: IntCounter,
+    /// `hookgate_requests_in_flight`
+    pub in_flight: IntGauge,
+    /// `hookgate_build_info{version}`
+    pub build_info: IntGaugeVec,
+    /// `hookgate_upstream_retries_total{route}`
+    pub upstream_retries: IntCounterVec,
+}
+
+fn must<T>(r: prometheus::Result<T>) -> T {
+    // Metric definitions are static: an error here is a programming error caught by tests.
+    match r {
+        Ok(v) => v,
+        Err(e) => panic!("invalid metric definition: {e}"),
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = must(IntCounterVec::new(
+            Opts::new("hookgate_requests_total", "Requests by route and outcome (forwarded or the error code)."),
+            &["route", "outcome"],
+        ));
+        let request_duration = must(HistogramVec::new(
+            HistogramOpts::new("hookgate_request_duration_seconds", "Whole request at the gateway, in seconds.")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route"],
+        ));
+        let upstream_duration = must(HistogramVec::new(
+            HistogramOpts::new("hookgate_upstream_duration_seconds", "Upstream exchange, in seconds.")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route"],
+        ));
+        let upstream_responses = must(IntCounterVec::new(
+            Opts::new("hookgate_upstream_responses_total", "Upstream responses by status class."),
+            &["route", "status"],
+        ));
+        let body_bytes = must(HistogramVec::new(
+            HistogramOpts::new("hookgate_request_body_bytes", "Size of request bodies read, in bytes.")
+                .buckets(SIZE_BUCKETS.to_vec()),
+            &["route"],
+        ));
+        let schema_violations = must(IntCounterVec::new(
+            Opts::new("hookgate_schema_violations_total", "Requests that violated the route's schema (report mode included)."),
+            &["route"],
+        ));
+        let transcriptions_removed = must(IntCounterVec::new(
+            Opts::new("hookgate_transcriptions_removed_total", "Transcriptions removed or emptied before forwarding."),
+            &["route", "mode"],
+        ));
+        let connections_rejected = must(IntCounter::new(
+            "hookgate_connections_rejected_total",
+            "Connections dropped at accept time (peer not in the allow list).",
+        ));
+        let in_flight = must(IntGauge::new("hookgate_requests_in_flight", "Requests being processed."));
+        let build_info = must(IntGaugeVec::new(
+            Opts::new("hookgate_build_info", "Build information (always 1)."),
+            &["version"],
+        ));
+        let upstream_retries = must(IntCounterVec::new(
+            Opts::new("hookgate_upstream_retries_total", "Requests retried on another upstream after a connect failure."),
+            &["route"],
+        ));
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(request_duration.clone()),
+            Box::new(upstream_duration.clone()),
+            Box::new(upstream_responses.clone()),
+            Box::new(body_bytes.clone()),
+            Box::new(schema_violations.clone()),
+            Box::new(transcriptions_removed.clone()),
+            Box::new(connections_rejected.clone()),
+            Box::new(in_flight.clone()),
+            Box::new(build_info.clone()),
+            Box::new(upstream_retries.clone()),
+        ] {
+            must(registry.register(c));
+        }
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            upstream_duration,
+            upstream_responses,
+            body_bytes,
+            schema_violations,
+            transcriptions_removed,
+            connections_rejected,
+            in_flight,
+            build_info,
+            upstream_retries,
+        }
+    }
+
+    /// Create the per-route series at zero, so dashboards and alerts see them
+    /// before the first request.
+    pub fn init_route(&self, route: &str) {
+        self.requests.with_label_values(&[route, "forwarded"]);
+        self.request_duration.with_label_values(&[route]);
+        self.upstream_duration.with_label_values(&[route]);
+        self.body_bytes.with_label_values(&[route]);
+        self.schema_violations.with_label_values(&[route]);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        let families = self.registry.gather();
+        if TextEncoder::new().encode(&families, &mut out).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    /// The status class label (`2xx` …) of a status code.
+    pub fn status_class(status: u16) -> &'static str {
+        match status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        }
+    }
+
+    /// One histogram observation helper.
+    pub fn observe(h: &Histogram, v: f64) {
+        h.observe(v)
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_product_names() {
+        let m = Metrics::new();
+        m.init_route("crm");
+        m.requests.with_label_values(&["crm", "forwarded"]).inc();
+        m.connections_rejected.inc();
+        let text = String::from_utf8(m.render()).unwrap();
+        for name in [
+            "hookgate_requests_total{outcome=\"forwarded\",route=\"crm\"} 1",
+            "hookgate_request_duration_seconds_bucket",
+            "hookgate_connections_rejected_total 1",
+            "hookgate_build_info{version=",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+    }
+}

@@ -1,0 +1,485 @@
+//! The pingora glue: an HTTP application served on pingora's listeners that
+//! runs the pipeline stages in order for each request, plus the accept-time
+//! connection filter.
+//!
+//! Why an `HttpServerApp` rather than pingora's `ProxyHttp` phases: hookgate reads
+//! and checks the whole body before any byte goes upstream, and `ProxyHttp` cannot
+//! forward a body read in `request_filter` (pingora issues #349/#688) nor buffer
+//! more than 64 KiB for a retry. Here the request is read, judged and then sent
+//! with pingora's own connector; nothing needs working around.
+
+use crate::access::{AccessPolicy, Client};
+use crate::config::{Config, Limits, Route};
+use crate::error::Rejection;
+use crate::headers;
+use crate::lifecycle::Lifecycle;
+use crate::log::AccessRecord;
+use crate::metrics::{Metrics, NO_ROUTE};
+use crate::upstream::{Deliverer, Destination, Failure, Outgoing};
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use http::{header, HeaderName, HeaderValue, Method};
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
+use pingora::http::ResponseHeader;
+use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Most bytes of an unwanted body read and discarded after an early answer, so
+/// the client sees the answer instead of a reset.
+const DISCARD_MAX_BYTES: usize = 1024 * 1024;
+/// Most time spent discarding an unwanted body.
+const DISCARD_MAX_TIME: Duration = Duration::from_secs(1);
+
+/// A route with its delivery target.
+pub struct RouteEntry {
+    /// The validated route.
+    pub route: Arc<Route>,
+    /// Where it delivers.
+    pub dest: Destination,
+}
+
+/// The public HTTP application.
+pub struct Gateway {
+    routes: HashMap<String, Arc<RouteEntry>>,
+    access: AccessPolicy,
+    global_secret: Option<Arc<crate::config::Secret>>,
+    deliverer: Deliverer,
+    metrics: Arc<Metrics>,
+    lifecycle: Arc<Lifecycle>,
+    header_timeout: Duration,
+    keepalive_secs: u64,
+    scheme: &'static str,
+}
+
+/// Marks a connection that already served a request.
+struct Reused;
+
+impl Gateway {
+    /// Build the application from a validated config.
+    pub fn new(cfg: &Config, metrics: Arc<Metrics>, lifecycle: Arc<Lifecycle>) -> std::io::Result<Self> {
+        let mut deliverer = Deliverer::new();
+        let mut routes = HashMap::new();
+        for r in &cfg.routes {
+            let dest = deliverer.destination(&r.upstream, r.timeout)?;
+            metrics.init_route(&r.name);
+            routes.insert(
+                r.path.clone(),
+                Arc::new(RouteEntry {
+                    route: r.clone(),
+                    dest,
+                }),
+            );
+        }
+        Ok(Gateway {
+            routes,
+            access: cfg.access.clone(),
+            global_secret: cfg.secret.clone(),
+            deliverer,
+            metrics,
+            lifecycle,
+            header_timeout: cfg.server.header_timeout,
+            keepalive_secs: cfg.server.keepalive_timeout.as_secs().max(1),
+            scheme: if cfg.server.tls.is_some() { "https" } else { "http" },
+        })
+    }
+}
+
+/// What one request produced, for the answer and the accounting.
+struct Handled {
+    status: u16,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    body: Bytes,
+    /// The body was not (completely) read: discard what is left, then close.
+    body_unread: bool,
+    close: bool,
+}
+
+/// Per-request facts gathered on the way, for logs and metrics.
+#[derive(Default)]
+struct Facts {
+    peer: Option<IpAddr>,
+    client: Option<Client>,
+    route: Option<Arc<RouteEntry>>,
+    bytes_in: usize,
+    upstream_time: Option<Duration>,
+    upstream_status: Option<u16>,
+    call_id: Option<String>,
+    outcome: &'static str,
+}
+
+#[async_trait]
+impl HttpServerApp for Gateway {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        let reused = session.take_connection_user_context().is_some();
+        // A fresh connection must deliver its header in time; a kept-alive one may
+        // first idle for the keep-alive time.
+        let wait = if reused {
+            self.header_timeout + Duration::from_secs(self.keepalive_secs)
+        } else {
+            self.header_timeout
+        };
+        match tokio::time::timeout(wait, session.read_request()).await {
+            Ok(Ok(true)) => {}
+            // Timed out, closed, or unparseable: nothing useful can be answered.
+            _ => return None,
+        }
+        let started = Instant::now();
+        let _in_flight = self.lifecycle.enter(&self.metrics);
+        if *shutdown.borrow() || self.lifecycle.draining() {
+            session.set_keepalive(None);
+        } else {
+            session.set_keepalive(Some(self.keepalive_secs));
+        }
+
+        let mut facts = Facts {
+            outcome: "forwarded",
+            ..Facts::default()
+        };
+        let handled = match self.handle(&mut session, &mut facts).await {
+            Ok(h) => h,
+            Err(r) => {
+                facts.outcome = r.code();
+                Handled {
+                    status: r.status(),
+                    headers: error_headers(&r),
+                    body: Bytes::from(r.to_json()),
+                    body_unread: !session.is_body_done(),
+                    close: r.closes_connection(),
+                }
+            }
+        };
+        if handled.close {
+            session.set_keepalive(None);
+        }
+        let written = respond(&mut session, &handled).await;
+        if handled.body_unread {
+            discard_body(&mut session).await;
+            session.set_keepalive(None);
+        }
+        self.account(&facts, &handled, started, written);
+
+        if !written {
+            return None;
+        }
+        let mut persistent = HttpPersistentSettings::for_session(&session);
+        persistent.set_user_context(Box::new(Reused));
+        match session.finish().await {
+            Ok(Some(s)) => Some(ReusedHttpStream::from_reusable_stream(s, persistent)),
+            _ => None,
+        }
+    }
+}
+
+impl Gateway {
+    /// Stages 2 to 9 for one request.
+    async fn handle(&self, s: &mut ServerSession, f: &mut Facts) -> Result<Handled, Rejection> {
+        // Stage 2: identify the client.
+        let peer = s.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_canonical());
+        f.peer = peer;
+        let req = s.req_header();
+        let client = self.access.identify(
+            peer,
+            req.headers.get_all("x-forwarded-for").iter().map(HeaderValue::as_bytes),
+        );
+        f.client = Some(client);
+        if !self.access.is_client_allowed(client) {
+            return Err(Rejection::IpNotAllowed);
+        }
+
+        // Stages 3 and 4: route, authenticate, method, media type.
+        let entry = self.routes.get(req.uri.path()).cloned();
+        f.route = entry.clone();
+        let secret = match &entry {
+            Some(e) => e.route.secret.as_ref(),
+            None => self.global_secret.as_ref(),
+        };
+        if let Some(secret) = secret {
+            if !secret.accepts(req.headers.get(&secret.header).map(HeaderValue::as_bytes)) {
+                return Err(Rejection::Unauthorized);
+            }
+        }
+        let entry = entry.ok_or(Rejection::RouteNotFound)?;
+        let route = &entry.route;
+        if req.method != Method::POST {
+            return Err(Rejection::MethodNotAllowed);
+        }
+        if !is_json_media_type(req.headers.get(header::CONTENT_TYPE)) {
+            return Err(Rejection::UnsupportedMediaType);
+        }
+
+        // Stage 5: the whole body.
+        let body = read_body(s, route.limits).await;
+        f.bytes_in = s.body_bytes_read();
+        let body = body?;
+        self.metrics
+            .body_bytes
+            .with_label_values(&[&route.name])
+            .observe(body.len() as f64);
+
+        // Stages 6 to 8: parse, validate, transform.
+        let outcome = route.inspector.inspect(&body);
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(r) => {
+                if matches!(r, Rejection::SchemaViolation(_)) {
+                    self.metrics.schema_violations.with_label_values(&[&route.name]).inc();
+                    log_violations(&route.name, &r, "enforce");
+                }
+                return Err(r);
+            }
+        };
+        f.call_id = outcome.call_id.clone();
+        if !outcome.violations.is_empty() {
+            self.metrics.schema_violations.with_label_values(&[&route.name]).inc();
+            log_violations(&route.name, &Rejection::SchemaViolation(outcome.violations.clone()), "report");
+        }
+        if outcome.transcription_removed {
+            self.metrics
+                .transcriptions_removed
+                .with_label_values(&[&route.name, route.inspector.transcription().as_str()])
+                .inc();
+        }
+        let body = match outcome.body {
+            Some(b) => Bytes::from(b),
+            None => body,
+        };
+
+        // Stage 8 (headers) and 9: deliver.
+        let out = self.outgoing(s.req_header(), route, peer, body);
+        let t0 = Instant::now();
+        let result = self.deliverer.deliver(&entry.dest, &route.path, out).await;
+        f.upstream_time = Some(t0.elapsed());
+        self.metrics
+            .upstream_duration
+            .with_label_values(&[&route.name])
+            .observe(t0.elapsed().as_secs_f64());
+        match result {
+            Ok((answer, retries)) => {
+                if retries > 0 {
+                    self.metrics.upstream_retries.with_label_values(&[&route.name]).inc_by(retries.into());
+                }
+                f.upstream_status = Some(answer.status);
+                self.metrics
+                    .upstream_responses
+                    .with_label_values(&[&route.name, Metrics::status_class(answer.status)])
+                    .inc();
+                let headers = headers::response_forwardable(&answer.headers)
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                Ok(Handled {
+                    status: answer.status,
+                    headers,
+                    body: answer.body,
+                    body_unread: false,
+                    close: false,
+                })
+            }
+            Err(Failure::Timeout) => Err(Rejection::UpstreamTimeout),
+            Err(Failure::Unavailable(why)) => {
+                tracing::warn!(route = %route.name, reason = %why, "upstream unavailable");
+                Err(Rejection::UpstreamUnavailable)
+            }
+        }
+    }
+
+    /// The upstream request's headers: the client's, minus hop-by-hop, framing and
+    /// the secret, plus the forwarding headers, then the route's rules.
+    fn outgoing(&self, req: &pingora::http::RequestHeader, route: &Route, peer: Option<IpAddr>, body: Bytes) -> Outgoing {
+        let secret_header = route.secret.as_ref().map(|s| &s.header);
+        let mut list: Vec<(HeaderName, HeaderValue)> = headers::forwardable(&req.headers, secret_header)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let peer_s = peer.map(|p| p.to_string()).unwrap_or_default();
+        let trusted = peer.is_some_and(|p| self.access.is_trusted(p));
+        if let Ok(v) = HeaderValue::from_str(&headers::forwarded_for(&req.headers, &peer_s, trusted)) {
+            list.push((HeaderName::from_static("x-forwarded-for"), v));
+        }
+        let proto = req
+            .headers
+            .get("x-forwarded-proto")
+            .filter(|_| trusted)
+            .cloned()
+            .unwrap_or(HeaderValue::from_static(self.scheme));
+        list.push((HeaderName::from_static("x-forwarded-proto"), proto));
+        headers::apply_rules(&route.headers, |name, value| {
+            list.retain(|(k, _)| k != name);
+            if let Some(v) = value {
+                list.push((name.clone(), v.clone()));
+            }
+        });
+        Outgoing { headers: list, body }
+    }
+
+    fn account(&self, f: &Facts, h: &Handled, started: Instant, written: bool) {
+        let route = f.route.as_ref().map_or(NO_ROUTE, |e| e.route.name.as_str());
+        let elapsed = started.elapsed();
+        self.metrics.requests.with_label_values(&[route, f.outcome]).inc();
+        self.metrics
+            .request_duration
+            .with_label_values(&[route])
+            .observe(elapsed.as_secs_f64());
+        AccessRecord {
+            request_id: self.lifecycle.next_request_id(),
+            peer: f.peer,
+            client: f.client.and_then(|c| c.addr()),
+            route,
+            outcome: f.outcome,
+            status: h.status,
+            bytes_in: f.bytes_in,
+            bytes_out: if written { h.body.len() } else { 0 },
+            duration: elapsed,
+            upstream_duration: f.upstream_time,
+            upstream_status: f.upstream_status,
+            call_id: f.call_id.as_deref(),
+        }
+        .emit();
+    }
+}
+
+fn error_headers(r: &Rejection) -> Vec<(HeaderName, HeaderValue)> {
+    let mut h = vec![(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))];
+    if matches!(r, Rejection::MethodNotAllowed) {
+        h.push((header::ALLOW, HeaderValue::from_static("POST")));
+    }
+    h
+}
+
+/// `application/json`, with parameters (`; charset=utf-8`) allowed.
+pub fn is_json_media_type(v: Option<&HeaderValue>) -> bool {
+    let Some(v) = v.and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = v.split(';').next().unwrap_or("").trim();
+    essence.eq_ignore_ascii_case("application/json")
+}
+
+/// Stage 5: read the whole body within the route's size and time limits.
+async fn read_body(s: &mut ServerSession, limits: Limits) -> Result<Bytes, Rejection> {
+    let max = limits.max_body_bytes;
+    let req = s.req_header();
+    let declared = req
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(Rejection::BodyTooLarge { limit: max });
+    }
+    let expects_continue = req
+        .headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue && s.write_continue_response().await.is_err() {
+        return Err(Rejection::BadRequest("client went away".into()));
+    }
+    let deadline = tokio::time::Instant::now() + limits.body_timeout;
+    let capacity = declared.unwrap_or(16 * 1024).min(max) as usize;
+    let mut buf = BytesMut::with_capacity(capacity);
+    loop {
+        match tokio::time::timeout_at(deadline, s.read_request_body()).await {
+            Err(_) => return Err(Rejection::BodyTimeout),
+            Ok(Err(e)) => {
+                return Err(match e.etype() {
+                    pingora::ErrorType::ReadTimedout => Rejection::BodyTimeout,
+                    _ => Rejection::BadRequest("the body is cut short or its framing is invalid".into()),
+                })
+            }
+            Ok(Ok(None)) => break,
+            Ok(Ok(Some(chunk))) => {
+                if (buf.len() + chunk.len()) as u64 > max {
+                    return Err(Rejection::BodyTooLarge { limit: max });
+                }
+                if buf.is_empty() && s.is_body_done() {
+                    // The whole body in one piece: no copy.
+                    return Ok(chunk);
+                }
+                buf.extend_from_slice(&chunk);
+            }
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// After an early answer, read (and drop) a bounded part of what the client is
+/// still sending, so that closing does not reset the connection under the answer.
+async fn discard_body(s: &mut ServerSession) {
+    let deadline = tokio::time::Instant::now() + DISCARD_MAX_TIME;
+    let mut seen = 0usize;
+    while seen < DISCARD_MAX_BYTES {
+        match tokio::time::timeout_at(deadline, s.read_request_body()).await {
+            Ok(Ok(Some(chunk))) => seen += chunk.len(),
+            _ => break,
+        }
+    }
+}
+
+async fn respond(s: &mut ServerSession, h: &Handled) -> bool {
+    let Ok(mut resp) = ResponseHeader::build(h.status, Some(h.headers.len() + 4)) else {
+        return false;
+    };
+    for (k, v) in &h.headers {
+        if resp.append_header(k.clone(), v.clone()).is_err() {
+            return false;
+        }
+    }
+    if resp.insert_header(header::CONTENT_LENGTH, h.body.len().to_string()).is_err() {
+        return false;
+    }
+    if s.write_response_header(Box::new(resp)).await.is_err() {
+        return false;
+    }
+    s.write_response_body(h.body.clone(), true).await.is_ok()
+}
+
+fn log_violations(route: &str, r: &Rejection, mode: &str) {
+    if let Rejection::SchemaViolation(v) = r {
+        // Paths and schema keywords only: never payload values.
+        let paths: Vec<&str> = v.iter().map(|v| v.path.as_str()).collect();
+        tracing::info!(route = %route, mode = %mode, count = v.len(), paths = ?paths, "schema violations");
+    }
+}
+
+/// The accept-time filter: drops peers outside the allow list before any byte of
+/// HTTP is read (only installed when no trusted proxy is configured).
+#[derive(Debug)]
+pub struct AdmissionFilter {
+    /// The policy.
+    pub access: AccessPolicy,
+    /// Counts drops.
+    pub rejected: prometheus::IntCounter,
+}
+
+#[async_trait]
+impl pingora::listeners::ConnectionFilter for AdmissionFilter {
+    async fn should_accept(&self, addr: Option<&std::net::SocketAddr>) -> bool {
+        let ok = self.access.admit_connection(addr.map(|a| a.ip()));
+        if !ok {
+            self.rejected.inc();
+        }
+        ok
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_types() {
+        let ok = |s: &str| is_json_media_type(Some(&HeaderValue::from_str(s).unwrap()));
+        assert!(ok("application/json"));
+        assert!(ok("Application/JSON; charset=utf-8"));
+        assert!(!ok("text/plain"));
+        assert!(!ok("application/jsonx"));
+        assert!(!ok("application/x-www-form-urlencoded"));
+        assert!(!is_json_media_type(None));
+    }
+}
