@@ -1,0 +1,536 @@
+//! Integration tests of the gateway core: the real binary on free ports, in front
+//! of a real recording upstream, driven by a raw HTTP/1.1 client.
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+fn upstream_cfg(up: &Upstream, path: &str) -> String {
+    format!("\"{}\"", up.url(path))
+}
+
+// ------------------------------------------------------------ admission
+
+#[test]
+fn disallowed_peer_is_dropped_at_accept() {
+    let up = Upstream::start(ok_answer());
+    let cfg = config_for(&upstream_cfg(&up, "/in"), "", "").replace(
+        r#"allow = ["127.0.0.1/32", "::1/128"]"#,
+        r#"allow = ["203.0.113.7/32"]"#,
+    );
+    let gw = Gateway::start(&cfg);
+    let mut s = connect(gw.addr);
+    let _ = s.write_all(&post_bytes("/webhooks/crm", &payload(0), &[]));
+    let mut buf = Vec::new();
+    // Dropped before any HTTP: no byte of answer, just a closed connection.
+    let _ = s.read_to_end(&mut buf);
+    assert!(buf.is_empty(), "got an answer: {}", String::from_utf8_lossy(&buf));
+    assert_eq!(up.count(), 0);
+    assert!(wait_until(Duration::from_secs(2), || gw.metric("hookgate_connections_rejected_total") >= 1.0));
+}
+
+#[test]
+fn trusted_proxy_rules_for_forwarded_for() {
+    let up = Upstream::start(ok_answer());
+    let cfg = config_for(&upstream_cfg(&up, "/in"), "", r#"trusted_proxies = ["127.0.0.1/32"]"#).replace(
+        r#"allow = ["127.0.0.1/32", "::1/128"]"#,
+        r#"allow = ["217.116.118.254/32"]"#,
+    );
+    let gw = Gateway::start(&cfg);
+    let body = payload(0);
+
+    // The load balancer (trusted) says the client is sipgate: allowed.
+    let r = gw.send(&post_bytes("/webhooks/crm", &body, &["X-Forwarded-For: 217.116.118.254"]));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(up.count(), 1);
+    let got = &up.requests()[0];
+    assert_eq!(got.header("x-forwarded-for"), Some("217.116.118.254, 127.0.0.1"));
+
+    // A forged entry to the left of the real client does not help.
+    let r = gw.send(&post_bytes("/webhooks/crm", &body, &["X-Forwarded-For: 217.116.118.254, 198.51.100.9"]));
+    assert_eq!((r.status, r.error_code().as_str()), (403, "ip_not_allowed"));
+
+    // Several headers are one list, in order: the right-most untrusted entry counts.
+    let r = gw.send(&post_bytes(
+        "/webhooks/crm",
+        &body,
+        &["X-Forwarded-For: 217.116.118.254", "X-Forwarded-For: 198.51.100.9"],
+    ));
+    assert_eq!(r.status, 403);
+
+    // Garbage where the client should be: unknown client, denied.
+    let r = gw.send(&post_bytes("/webhooks/crm", &body, &["X-Forwarded-For: 217.116.118.254, bogus"]));
+    assert_eq!(r.status, 403);
+
+    // No header: the client is the proxy itself, not allowed. Answered, not dropped.
+    let r = gw.send(&post_bytes("/webhooks/crm", &body, &[]));
+    assert_eq!((r.status, r.error_code().as_str()), (403, "ip_not_allowed"));
+    assert_eq!(up.count(), 1, "no denied request may reach the upstream");
+}
+
+#[test]
+fn forged_forwarded_for_from_untrusted_peer_changes_nothing() {
+    let up = Upstream::start(ok_answer());
+    // 127.0.0.1 is NOT a trusted proxy here.
+    let cfg = config_for(&upstream_cfg(&up, "/in"), "", r#"trusted_proxies = ["10.0.0.0/8"]"#).replace(
+        r#"allow = ["127.0.0.1/32", "::1/128"]"#,
+        r#"allow = ["217.116.118.254/32"]"#,
+    );
+    let gw = Gateway::start(&cfg);
+    let r = gw.send(&post_bytes("/webhooks/crm", &payload(0), &["X-Forwarded-For: 217.116.118.254"]));
+    assert_eq!((r.status, r.error_code().as_str()), (403, "ip_not_allowed"));
+    assert_eq!(up.count(), 0);
+}
+
+#[test]
+fn forged_forwarded_for_is_not_passed_upstream() {
+    let up = Upstream::start(ok_answer());
+    let gw = Gateway::start(&config_for(&upstream_cfg(&up, "/in"), "", ""));
+    let r = gw.send(&post_bytes("/webhooks/crm", &payload(0), &["X-Forwarded-For: 217.116.118.254"]));
+    assert_eq!(r.status, 200);
+    let got = &up.requests()[0];
+    assert_eq!(got.header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(got.header_count("x-forwarded-for"), 1);
+    assert_eq!(got.header("x-forwarded-proto"), Some("http"));
+}
+
+#[test]
+fn ipv6_peer_is_allowed_by_ipv6_entry() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("SKIP: no IPv6 loopback on this machine");
+        return;
+    }
+    let up = Upstream::start(ok_answer());
+    let cfg = config_for(&upstream_cfg(&up, "/in"), "", "")
+        .replace(r#"allow = ["127.0.0.1/32", "::1/128"]"#, r#"allow = ["::1/128"]"#);
+    let gw = Gateway::start_with(&cfg, &[], "::1");
+    let r = gw.post("/webhooks/crm", &payload(0));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(up.requests()[0].header("x-forwarded-for"), Some("::1"));
+}
+
+#[test]
+fn ipv4_mapped_peer_counts_as_ipv4() {
+    if std::net::TcpListener::bind("[::]:0").is_err() {
+        eprintln!("SKIP: no IPv6 on this machine");
+        return;
+    }
+    let up = Upstream::start(ok_answer());
+    // Dual-stack listener: an IPv4 client appears as ::ffff:127.0.0.1.
+    let cfg = config_for(&upstream_cfg(&up, "/in"), "", "")
+        .replace(r#"allow = ["127.0.0.1/32", "::1/128"]"#, r#"allow = ["127.0.0.1/32"]"#);
+    let gw = Gateway::start_with(&cfg, &[], "::");
+    let r = gw.post("/webhooks/crm", &payload(0));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(up.requests()[0].header("x-forwarded-for"), Some("127.0.0.1"));
+}
+
+// ------------------------------------------------------------ routing
+
+#[test]
+fn routing_errors() {
+    let up = Upstream::start(ok_answer());
+    let gw = Gateway::start(&config_for(&upstream_cfg(&up, "/in"), "", ""));
+    let body = payload(0);
+
+    let r = gw.post("/webhooks/other", &body);
+    assert_eq!((r.status, r.error_code().as_str()), (404, "route_not_found"));
+    // Exact match only.
+    let r = gw.post("/webhooks/crm/", &body);
+    assert_eq!(r.status, 404);
+
+    let r = gw.send(b"GET /webhooks/crm HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!((r.status, r.error_code().as_str()), (405, "method_not_allowed"));
+    assert_eq!(r.header("allow"), Some("POST"));
+
+    let mut req = post_bytes("/webhooks/crm", &body, &[]);
+    let text = String::from_utf8(req.clone()).unwrap().replace("application/json", "text/plain");
+    req = text.into_bytes();
+    let r = gw.send(&req);
+    assert_eq!((r.status, r.error_code().as_str()), (415, "unsupported_media_type"));
+
+    let no_type = format!("POST /webhooks/crm HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", body.len());
+    let mut req = no_type.into_bytes();
+    req.extend_from_slice(&body);
+    assert_eq!(gw.send(&req).status, 415);
+
+    // Parameters are fine; the query string is not part of the path.
+    let text = String::from_utf8(post_bytes("/webhooks/crm?x=1", &body, &[]))
+        .unwrap()
+        .replace("application/json", "application/json; charset=utf-8");
+    let r = gw.send(text.as_bytes());
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(up.count(), 1);
+
+    // /metrics is never served on the public listener.
+    let r = http_get(gw.addr, "/metrics").unwrap();
+    assert_eq!(r.status, 404);
+    assert!(!String::from_utf8_lossy(&r.body).contains("hookgate_"));
+}
+
+// ------------------------------------------------------------ bodies
+
+#[test]
+fn bodies_of_every_size_arrive_intact() {
+    let up = Upstream::start(ok_answer());
+    let gw = Gateway::start(&config_for(&upstream_cfg(&up, "/in"), "", ""));
+    for size in [1024, 64 * 1024 + 1, 200 * 1024, 900 * 1024] {
+        let body = payload(size);
+        assert_eq!(body.len(), size);
+        let r = gw.post("/webhooks/crm", &body);
+        assert_eq!(r.status, 200, "size {size}: {r:?}");
+        let got = up.requests().pop().unwrap();
+        assert_eq!(got.body.len(), size);
+        assert!(got.body == body, "size {size}: body changed");
+        assert_eq!(got.header("content-length"), Some(size.to_string().as_str()));
+    }
+}
+
+#[test]
+fn chunked_bodies_arrive_with_content_length() {
+    let up = Upstream::start(ok_answer());
+    let gw = Gateway::start(&config_for(&upstream_cfg(&up, "/in"), "", ""));
+    for (size, chunk) in [(1024, 100), (64 * 1024 + 1, 4096), (900 * 1024, 16 * 1024)] {
+        let body = payload(size);
+        let r = gw.send(&post_chunked("/webhooks/crm", &body, chunk));
+        assert_eq!(r.status, 200, "size {size}: {r:?}");
+        let got = up.requests().pop().unwrap();
+        assert!(got.body == body, "size {size}: body changed");
+        assert_eq!(got.header("content-length"), Some(size.to_string().as_str()));
+        assert_eq!(got.header("transfer-encoding"), None);
+    }
+}
+
+#[test]
+fn body_over_the_limit_is_413() {
+    let up = Upstream::start(ok_answer());
+    let cfg = config_for(&upstream_cfg(&up, "/in"), "", "").replace("max_body_bytes = 1048576", "max_body_bytes = 100000");
+    let gw = Gateway::start(&cfg);
+    let exact = payload(100_000);
+    assert_eq!(gw.post("/webhooks/crm", &exact).status, 200);
+    let over = payload(100_001);
+    let r = gw.post("/webhooks/crm", &over);
+    assert_eq!((r.status, r.error_code().as_str()), (413, "body_too_large"));
+    // Chunked: no length up front, counted while reading.
+    let r = gw.send(&post_chunked("/webhooks/crm", &over, 8192));
+    assert_eq!((r.status, r.error_code().as_str()), (413, "body_too_large"));
+    // A huge declared length is refused before reading anything.
+    let r = gw.send(b"POST /webhooks/crm HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 99999999999\r\n\r\n{");
+    assert_eq!(r.status, 413);
+    assert_eq!(up.count(), 1, "only the body at the limit went through");
+}
+
+#[test]
+fn per_route_limit_overrides_global() {
+    let up = Upstream::start(ok_answer());
+    let gw = Gateway::start(&config_for(&upstream_cfg(&up, "/in"), "max_body_bytes = 2000", ""));
+    assert_eq!(gw.post("/webhooks/crm", &payload(2001)).status, 413);
+    assert_eq!(gw.post("/webhooks/crm", &payload(2000)).status, 200);
+}
+
+#[test]
+fn stalled_body_is_408_and_nothing_is_forwarded() {
+    let up = Upstream::start(ok_answer());
+    let cfg = config_for(&upstream_cfg(&up, "/in"), "", "").replace("body_timeout_ms = 2000", "body_timeout_ms = 400");
+    let gw = Gateway::start(&cfg);
+    let mut s = connect(gw.addr);
+    s.write_all(b"POST /webhooks/crm HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"version\":").unwrap();
+    let t = Instant::now();
+    let r = read_response(&mut s).unwrap();
+    assert_eq!((r.status, r.error_code().as_str()), (408, "body_timeout"));
+    assert!(t.elapsed() >= Duration::from_millis(350), "answered too early: {:?}", t.elapsed());
+    assert_eq!(r.header("connection"), Some("close"));
+    // A chunked body that stops mid-way.
+    let mut s = connect(gw.addr);
+    s.write_all(b"POST /webhooks/crm HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"ver\r\n").unwrap();
+    let r = read_response(&mut s).unwrap();
+    assert_eq!(r.status, 408);
+    assert_eq!(up.count(), 0);
+}
+
+#[test]
+fn truncated_body_is_refused() {
+    let up = Upstream::start(ok_answer());
+    let gw = Gateway::start(&config_for(&upstream_cfg(&up, "/in"), "", ""));
+    let mut s = connect(gw.addr);
+    s.write_all(b"POST /webhooks/crm HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"version\":").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    // Either a 400 or a plain close: never a forward.
+    if let Ok(r) = read_response(&mut s) {
+        assert_eq!(r.status, 400, "{r:?}");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(up.count(), 0);
+}
+
+#[test]
+fn expect_continue_is_answered() {
+    let up = Upstream::start(ok_answer());
+    let gw = Gateway::start(&config_for(&upstream_cfg(&up, "/in"), "", ""));
+    let body = payload(4000);
+    let head = format!(
+        "POST /webhooks/crm HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        body.len()
+    );
+    let mut s = connect(gw.addr);
+    s.write_all(head.as_bytes()).unwrap();
+    let mut first = [0u8; 25];
+    s.read_exact(&mut first).unwrap();
+    assert!(first.starts_with(b"HTTP/1.1 100"), "{}", String::from_utf8_lossy(&first));
+    s.write_all(&body).unwrap();
+    let r = read_response(&mut s).unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(up.requests()[0].header("expect"), None);
+}
+
+// ------------------------------------------------------------ forwarding
+
+#[test]
+fn forwarding_headers_path_and_answer() {
+    let up = Upstream::start(Behavior::Answer {
+        status: 201,
+        headers: vec![("X-Upstream".into(), "yes".into()), ("Connection".into(), "keep-alive".into())],
+        body: b"{\"created\":1}".to_vec(),
+    });
+    let route = r#"
+[route.headers]
+set = { "Authorization" = "Bearer ${CRM_TOKEN}", "X-Source" = "sipgate" }
+remove = ["Cookie", "X-Drop-Me"]
+"#;
+    let cfg = config_for(&format!("\"{}\"", up.url("/internal/sipgate?k=v")), route, "");
+    let gw = Gateway::start_with(&cfg, &[("CRM_TOKEN", "t0k3n")], "127.0.0.1");
+    let r = gw.send(&post_bytes(
+        "/webhooks/crm",
+        &payload(0),
+        &[
+            "Cookie: session=1",
+            "X-Drop-Me: 1",
+            "Authorization: Basic forged",
+            "Connection: keep-alive, X-Hop",
+            "X-Hop: secret-hop",
+            "Keep-Alive: timeout=5",
+            "X-Custom: kept",
+        ],
+    ));
+    assert_eq!(r.status, 201);
+    assert_eq!(r.body, b"{\"created\":1}");
+    assert_eq!(r.header("x-upstream"), Some("yes"));
+    let got = &up.requests()[0];
+    assert_eq!(got.method, "POST");
+    assert_eq!(got.path, "/internal/sipgate?k=v");
+    assert_eq!(got.header("authorization"), Some("Bearer t0k3n"));
+    assert_eq!(got.header_count("authorization"), 1);
+    assert_eq!(got.header("x-source"), Some("sipgate"));
+    assert_eq!(got.header("cookie"), None);
+    assert_eq!(got.header("x-drop-me"), None);
+    assert_eq!(got.header("x-hop"), None, "nominated hop-by-hop header leaked");
+    assert_eq!(got.header("keep-alive"), None);
+    assert_eq!(got.header("x-custom"), Some("kept"));
+    assert_eq!(got.header("host"), Some(up.addr.to_string().as_str()));
+    assert_eq!(got.header("content-type"), Some("application/json"));
+}
+
+#[test]
+fn upstream_connections_are_reused() {
+    let up = Upstream::start(ok_answer());
+    let gw = Gateway::start(&config_for(&upstream_cfg(&up, "/in"), "", ""));
+    for _ in 0..5 {
+        assert_eq!(gw.post("/webhooks/crm", &payload(0)).status, 200);
+    }
+    assert_eq!(up.count(), 5);
+    assert!(up.connections.load(std::sync::atomic::Ordering::SeqCst) <= 2, "connections not reused");
+}
+
+#[test]
+fn upstream_down_is_502() {
+    let dead = free_port();
+    let up = Upstream::start(ok_answer());
+    let gw = Gateway::start(&config_for(&format!("\"http://127.0.0.1:{dead}/in\""), "", ""));
+    let r = gw.post("/webhooks/crm", &payload(0));
+    assert_eq!((r.status, r.error_code().as_str()), (502, "upstream_unavailable"));
+    assert_eq!(up.count(), 0);
+}
+
+#[test]
+fn slow_upstream_is_504() {
+    let up = Upstream::start(Behavior::Delay(Duration::from_secs(3)));
+    let gw = Gateway::start(&config_for(&upstream_cfg(&up, "/in"), "", ""));
+    let t = Instant::now();
+    let r = gw.post("/webhooks/crm", &payload(0));
+    assert_eq!((r.status, r.error_code().as_str()), (504, "upstream_timeout"));
+    assert!(t.elapsed() < Duration::from_millis(2900), "timeout_ms not applied: {:?}", t.elapsed());
+}
+
+#[test]
+fn resetting_or_garbage_upstream_is_502() {
+    let up = Upstream::start(Behavior::Reset);
+    let gw = Gateway::start(&config_for(&upstream_cfg(&up, "/in"), "", ""));
+    let r = gw.post("/webhooks/crm", &payload(0));
+    assert_eq!((r.status, r.error_code().as_str()), (502, "upstream_unavailable"));
+    up.set_behavior(Behavior::Garbage);
+    let r = gw.post("/webhooks/crm", &payload(0));
+    assert_eq!((r.status, r.error_code().as_str()), (502, "upstream_unavailable"));
+}
+
+#[test]
+fn retry_only_when_nothing_reached_the_upstream() {
+    let dead = free_port();
+    let live = Upstream::start(ok_answer());
+    let list = format!("[\"http://127.0.0.1:{dead}/in\", \"{}\"]", live.url("/in"));
+    let gw = Gateway::start(&config_for(&list, "", ""));
+    // Whichever target round-robin starts with, every request lands on the live one.
+    for _ in 0..4 {
+        assert_eq!(gw.post("/webhooks/crm", &payload(0)).status, 200);
+    }
+    assert_eq!(live.count(), 4);
+
+    // A target that received the request and reset is not retried elsewhere.
+    let resetting = Upstream::start(Behavior::Reset);
+    let other = Upstream::start(ok_answer());
+    let list = format!("[\"{}\", \"{}\"]", resetting.url("/in"), other.url("/in"));
+    let gw = Gateway::start(&config_for(&list, "", ""));
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(gw.post("/webhooks/crm", &payload(0)).status);
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 502).count(), 2, "{statuses:?}");
+    assert_eq!(resetting.count(), 2);
+    assert_eq!(other.count(), 2, "a request that reached one upstream was sent to another");
+}
+
+#[test]
+fn several_upstreams_are_balanced() {
+    let a = Upstream::start(ok_answer());
+    let b = Upstream::start(ok_answer());
+    let list = format!("[\"{}\", \"{}\"]", a.url("/a"), b.url("/b"));
+    let gw = Gateway::start(&config_for(&list, "", ""));
+    for _ in 0..6 {
+        assert_eq!(gw.post("/webhooks/crm", &payload(0)).status, 200);
+    }
+    assert_eq!((a.count(), b.count()), (3, 3));
+}
+
+#[test]
+fn file_upstream_appends_json_lines() {
+    let gw = Gateway::start(&config_for("\"file:{DIR}/out/webhooks.jsonl\"", "", ""));
+    let body = payload(3000);
+    for _ in 0..2 {
+        let r = gw.post("/webhooks/crm", &body);
+        assert_eq!(r.status, 202, "{r:?}");
+        assert_eq!(r.json()["status"], "accepted");
+    }
+    let text = std::fs::read_to_string(gw.dir.path().join("out/webhooks.jsonl")).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2);
+    let want: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    for l in lines {
+        let got: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert_eq!(got, want);
+    }
+}
+
+// ------------------------------------------------------------ inspection
+
+#[test]
+fn invalid_json_and_schema_violations_never_reach_upstream() {
+    let up = Upstream::start(ok_answer());
+    let gw = Gateway::start(&config_for(&upstream_cfg(&up, "/in"), "", ""));
+    let r = gw.post("/webhooks/crm", b"{\"version\": ");
+    assert_eq!((r.status, r.error_code().as_str()), (400, "invalid_json"));
+    let r = gw.post("/webhooks/crm", b"");
+    assert_eq!(r.status, 400);
+    let r = gw.post("/webhooks/crm", br#"{"version":"v1","call":{"id":"x"}}"#);
+    assert_eq!((r.status, r.error_code().as_str()), (422, "schema_violation"));
+    let details = r.json()["details"].as_array().unwrap().clone();
+    assert!(details.iter().any(|d| d["path"] == "/call"), "{details:?}");
+    assert_eq!(up.count(), 0);
+}
+
+#[test]
+fn transcription_strip_reaches_upstream_without_transcript() {
+    let up = Upstream::start(ok_answer());
+    let cfg = config_for(&upstream_cfg(&up, "/in"), "", "").replace("transcription = \"keep\"", "transcription = \"strip\"");
+    let gw = Gateway::start(&cfg);
+    let r = gw.post("/webhooks/crm", &payload(0));
+    assert_eq!(r.status, 200);
+    let got: serde_json::Value = serde_json::from_slice(&up.requests()[0].body).unwrap();
+    assert!(got["assist"].get("transcription").is_none());
+    assert!(got["assist"]["summary"].is_object());
+    assert_eq!(up.requests()[0].header("content-length"), Some(up.requests()[0].body.len().to_string().as_str()));
+}
+
+// ------------------------------------------------------------ accounting
+
+#[test]
+fn access_log_and_metrics_count_every_request_without_personal_data() {
+    let up = Upstream::start(ok_answer());
+    let gw = Gateway::start(&config_for(&upstream_cfg(&up, "/in"), "", ""));
+    assert_eq!(gw.post("/webhooks/crm", &payload(0)).status, 200);
+    assert_eq!(gw.post("/nope", &payload(0)).status, 404);
+    assert_eq!(gw.post("/webhooks/crm", b"[").status, 400);
+    assert!(wait_until(Duration::from_secs(2), || gw.log().matches("hookgate::access").count() >= 3));
+    let log = gw.log();
+    assert!(log.contains("outcome=forwarded"), "{log}");
+    assert!(log.contains("outcome=route_not_found"), "{log}");
+    assert!(log.contains("call_id=\"123e4567-e89b-12d3-a456-426614174000\""), "{log}");
+    for secret in ["+4921161234567", "4921161234567", "delayed order", "Good day", "B-2024-1234"] {
+        assert!(!log.contains(secret), "personal data {secret:?} in the log");
+    }
+    let m = gw.metrics_text();
+    assert!(m.contains(r#"hookgate_requests_total{outcome="forwarded",route="crm"} 1"#), "{m}");
+    assert!(m.contains(r#"hookgate_requests_total{outcome="route_not_found",route="none"} 1"#), "{m}");
+    assert!(m.contains(r#"hookgate_requests_total{outcome="invalid_json",route="crm"} 1"#), "{m}");
+    assert!(m.contains(r#"hookgate_upstream_responses_total{route="crm",status="2xx"} 1"#), "{m}");
+    assert!(!m.contains("4921161234567"));
+}
+
+// ------------------------------------------------------------ lifecycle
+
+#[test]
+fn sigterm_finishes_requests_in_flight_then_exits() {
+    let up = Upstream::start(Behavior::Delay(Duration::from_millis(800)));
+    let mut gw = Gateway::start(&config_for(&upstream_cfg(&up, "/in"), "", ""));
+    let addr = gw.addr;
+    let body = payload(0);
+    let inflight = std::thread::spawn(move || raw(addr, &post_bytes("/webhooks/crm", &body, &[])));
+    assert!(wait_until(Duration::from_secs(2), || up.count() == 1));
+    gw.signal("TERM");
+    // While draining, /readyz says 503.
+    let mut saw_draining = false;
+    for _ in 0..20 {
+        match http_get(gw.metrics, "/readyz") {
+            Ok(r) if r.status == 503 => {
+                saw_draining = true;
+                break;
+            }
+            Ok(_) => std::thread::sleep(Duration::from_millis(10)),
+            Err(_) => break,
+        }
+    }
+    let r = inflight.join().unwrap().expect("the request in flight was cut");
+    assert_eq!(r.status, 200);
+    let took = gw.wait_exit(Duration::from_secs(3)).expect("did not exit within the grace");
+    assert!(saw_draining, "readyz never reported draining");
+    assert!(took < Duration::from_secs(3));
+    assert!(gw.log().contains("SIGTERM"));
+}
+
+#[test]
+fn sigint_stops_at_once() {
+    let up = Upstream::start(ok_answer());
+    let mut gw = Gateway::start(&config_for(&upstream_cfg(&up, "/in"), "", ""));
+    gw.signal("INT");
+    let took = gw.wait_exit(Duration::from_secs(2)).expect("did not stop");
+    assert!(took < Duration::from_secs(2));
+}
+
+#[test]
+fn healthz_and_readyz() {
+    let up = Upstream::start(ok_answer());
+    let gw = Gateway::start(&config_for(&upstream_cfg(&up, "/in"), "", ""));
+    assert_eq!(http_get(gw.metrics, "/healthz").unwrap().status, 200);
+    assert_eq!(http_get(gw.metrics, "/readyz").unwrap().status, 200);
+    assert_eq!(http_get(gw.metrics, "/other").unwrap().status, 404);
+}
