@@ -8,10 +8,14 @@
 //!     .inspect(br#"{"call":{"id":"c1"},"assist":{"transcription":{"content":"hi","chunks":[]}}}"#)
 //!     .unwrap();
 //! assert_eq!(out.body.as_deref(), Some(&br#"{"call":{"id":"c1"},"assist":{}}"#[..]));
+//! // Everything else stays byte for byte as sent.
+//! let out = inspector.inspect(br#"{"n": 1.0, "big": 12345678901234567890}"#).unwrap();
+//! assert_eq!(out.body, None);
 //! assert_eq!(out.call_id.as_deref(), Some("c1"));
 //! ```
 
 use crate::error::{Rejection, Violation};
+use crate::json;
 use serde_json::Value;
 use std::path::Path;
 use std::sync::Arc;
@@ -148,44 +152,45 @@ impl Inspector {
 
     /// Run parse, validate and transform on a whole body.
     pub fn inspect(&self, body: &[u8]) -> Result<Outcome, Rejection> {
-        let mut doc = parse_strict(body)?;
+        let scan = json::scan(body).map_err(|e| Rejection::InvalidJson(e.to_string()))?;
         let mut out = Outcome {
-            call_id: call_id(&doc),
+            call_id: scan.call_id.clone().and_then(|r| call_id(body.get(r)?)),
             ..Outcome::default()
         };
         if let (Some(schema), true) = (&self.schema, self.validation != Validation::Off) {
+            // The scan has proven the body strict JSON; the DOM is only for the schema.
+            let doc: Value = serde_json::from_slice(body).map_err(|e| Rejection::InvalidJson(e.to_string()))?;
             out.violations = violations(&schema.validator, &doc);
             if !out.violations.is_empty() && self.validation == Validation::Enforce {
                 return Err(Rejection::SchemaViolation(std::mem::take(&mut out.violations)));
             }
         }
-        if self.transcription != Transcription::Keep && transform(&mut doc, self.transcription) {
+        let cuts = match self.transcription {
+            _ if scan.transcription_is_null => Vec::new(),
+            Transcription::Keep => Vec::new(),
+            Transcription::Strip => scan.transcription.iter().map(|t| t.remove.clone()).collect(),
+            Transcription::StripText => scan.texts.iter().map(|t| t.remove.clone()).collect(),
+        };
+        if !cuts.is_empty() {
             out.transcription_removed = true;
-            out.body = Some(serde_json::to_vec(&doc).map_err(|e| Rejection::InvalidJson(e.to_string()))?);
+            out.body = Some(json::splice_out(body, cuts));
         }
         Ok(out)
     }
 }
 
-/// Strict RFC 8259 parse of a whole body.
+/// Strict RFC 8259 parse of a whole body into a DOM (for callers that want one).
 pub fn parse_strict(body: &[u8]) -> Result<Value, Rejection> {
-    if body.is_empty() {
-        return Err(Rejection::InvalidJson("the body is empty".into()));
-    }
-    if body.starts_with(&[0xEF, 0xBB, 0xBF]) {
-        return Err(Rejection::InvalidJson("byte-order mark at byte 0".into()));
-    }
-    let text = std::str::from_utf8(body)
-        .map_err(|e| Rejection::InvalidJson(format!("not UTF-8 at byte {}", e.valid_up_to())))?;
-    serde_json::from_str::<Value>(text).map_err(|e| Rejection::InvalidJson(e.to_string()))
+    json::scan(body).map_err(|e| Rejection::InvalidJson(e.to_string()))?;
+    serde_json::from_slice(body).map_err(|e| Rejection::InvalidJson(e.to_string()))
 }
 
-fn call_id(doc: &Value) -> Option<String> {
-    let id = doc.get("call")?.get("id")?.as_str()?;
-    let safe = !id.is_empty()
-        && id.len() <= 128
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
-    safe.then(|| id.to_string())
+/// `call.id` for logs: only a short id made of safe characters (a UUID in practice).
+fn call_id(raw: &[u8]) -> Option<String> {
+    let safe = !raw.is_empty()
+        && raw.len() <= 128
+        && raw.iter().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b));
+    safe.then(|| String::from_utf8_lossy(raw).into_owned())
 }
 
 fn violations(validator: &jsonschema::Validator, doc: &Value) -> Vec<Violation> {
@@ -222,25 +227,3 @@ fn describe(kind: &jsonschema::error::ValidationErrorKind) -> String {
     }
 }
 
-/// Apply the transcription mode; true when something changed.
-fn transform(doc: &mut Value, mode: Transcription) -> bool {
-    let Some(assist) = doc.get_mut("assist").and_then(Value::as_object_mut) else {
-        return false;
-    };
-    match mode {
-        Transcription::Keep => false,
-        Transcription::Strip => assist.remove("transcription").is_some(),
-        Transcription::StripText => {
-            let Some(t) = assist.get_mut("transcription").and_then(Value::as_object_mut) else {
-                return false;
-            };
-            let mut changed = t.remove("content").is_some();
-            if let Some(chunks) = t.get_mut("chunks").and_then(Value::as_array_mut) {
-                for c in chunks.iter_mut().filter_map(Value::as_object_mut) {
-                    changed |= c.remove("content").is_some();
-                }
-            }
-            changed
-        }
-    }
-}

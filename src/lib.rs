@@ -18,6 +18,7 @@ pub mod config;
 pub mod error;
 pub mod headers;
 pub mod inspect;
+pub mod json;
 pub mod lifecycle;
 pub mod log;
 pub mod metrics;

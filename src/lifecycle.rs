@@ -136,16 +136,22 @@ impl ShutdownSignalWatch for Signals {
             _ = quit.recv() => ShutdownSignal::GracefulUpgrade,
             _ = term.recv() => {
                 tracing::info!(grace_ms = self.grace.as_millis() as u64, in_flight = self.lifecycle.in_flight(), "SIGTERM: draining");
+                // /readyz turns 503 and responses close their connections, while the
+                // listeners stay open so a load balancer can notice. Once nothing is in
+                // flight (or the grace is over) the listeners close and the process
+                // exits as soon as the last request is done (pingora itself would
+                // sleep out its whole grace period).
                 self.lifecycle.start_draining();
+                let started = Instant::now();
+                while self.lifecycle.in_flight() > 0 && started.elapsed() < self.grace {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
                 let lc = self.lifecycle.clone();
-                let grace = self.grace;
-                // The listeners close once this returns; this thread ends the process
-                // as soon as the requests in flight are done (pingora itself would
-                // sleep out the whole grace period).
+                let rest = self.grace.saturating_sub(started.elapsed());
                 std::thread::spawn(move || {
                     // Let the listeners stop first.
-                    std::thread::sleep(Duration::from_millis(50));
-                    lc.wait_idle(grace);
+                    std::thread::sleep(Duration::from_millis(20));
+                    lc.wait_idle(rest);
                     tracing::info!(in_flight = lc.in_flight(), "drained; exiting");
                     std::process::exit(0);
                 });

@@ -33,13 +33,15 @@ pub enum StartError {
 /// Build the pingora server for a validated config. `metrics` and `lifecycle`
 /// are shared with the caller (tests and embedders read them).
 pub fn build(cfg: &Config, metrics: Arc<Metrics>, lifecycle: Arc<Lifecycle>) -> Result<Server, StartError> {
-    let mut conf = ServerConf::default();
-    conf.threads = cfg.server.threads;
-    conf.work_stealing = true;
     // hookgate drains itself (lifecycle::Signals) and exits when idle; pingora's
     // grace only bounds it.
-    conf.grace_period_seconds = Some(cfg.server.shutdown_grace.as_secs() + 1);
-    conf.graceful_shutdown_timeout_seconds = Some(1);
+    let conf = ServerConf {
+        threads: cfg.server.threads,
+        work_stealing: true,
+        grace_period_seconds: Some(cfg.server.shutdown_grace.as_secs() + 1),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
@@ -79,23 +81,72 @@ pub fn build(cfg: &Config, metrics: Arc<Metrics>, lifecycle: Arc<Lifecycle>) -> 
     server.add_service(public);
     server.add_service(ops);
 
-    // Ready once pingora reports it runs (listeners bound).
+    // Ready once pingora runs and every public listener is bound. pingora binds
+    // inside its service runtimes and panics there if it cannot: a gateway that is
+    // not listening after a few seconds exits instead of idling.
     let mut phases = server.watch_execution_phase();
     let lc = lifecycle.clone();
+    let mut wanted: Vec<u16> = cfg.server.listen.iter().map(|a| a.port()).collect();
+    wanted.push(cfg.metrics_listen.port());
     std::thread::spawn(move || {
         while let Ok(phase) = phases.blocking_recv() {
             if matches!(phase, ExecutionPhase::Running) {
+                let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+                while !wanted.iter().all(|p| is_listening(*p)) {
+                    if std::time::Instant::now() > end {
+                        tracing::error!("listeners did not come up; exiting");
+                        std::process::exit(1);
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
                 lc.set_ready();
+                tracing::info!("ready");
             }
         }
     });
     Ok(server)
 }
 
+/// Whether a TCP socket of this process's network namespace listens on `port`
+/// (Linux: `/proc/net/tcp{,6}`; elsewhere assumed true).
+fn is_listening(port: u16) -> bool {
+    let needle = format!(":{port:04X} ");
+    let mut any_file = false;
+    for f in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(f) else { continue };
+        any_file = true;
+        // sl local_address rem_address st ...; st 0A = LISTEN
+        if text.lines().skip(1).any(|l| {
+            let mut cols = l.split_whitespace().skip(1);
+            let local = cols.next().unwrap_or("");
+            let state = cols.nth(1).unwrap_or("");
+            state == "0A" && format!("{local} ").ends_with(&needle)
+        }) {
+            return true;
+        }
+    }
+    !any_file
+}
+
+/// Fail early and clearly when an address cannot be bound (in use, no permission).
+pub fn check_bindable(cfg: &Config) -> Result<(), StartError> {
+    let all = cfg.server.listen.iter().chain(std::iter::once(&cfg.metrics_listen));
+    for addr in all {
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            return Err(StartError::Listener {
+                addr: addr.to_string(),
+                reason: e.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Run the gateway until a signal stops it.
 pub fn run(cfg: &Config) -> Result<(), StartError> {
     let metrics = Arc::new(Metrics::new());
     let lifecycle = Arc::new(Lifecycle::new());
+    check_bindable(cfg)?;
     let server = build(cfg, metrics, lifecycle.clone())?;
     tracing::info!("hookgate {} starting", env!("CARGO_PKG_VERSION"));
     for line in cfg.summary().lines() {

@@ -394,6 +394,19 @@ impl Gateway {
     }
 
     pub fn start_with(config: &str, env: &[(&str, &str)], host: &str) -> Gateway {
+        // A free port can be taken by someone else before the gateway binds it:
+        // try again with new ports when that is why it stopped.
+        for _ in 0..4 {
+            match Self::try_start(config, env, host) {
+                Ok(gw) => return gw,
+                Err(log) if log.contains("cannot set up listener") => continue,
+                Err(log) => panic!("hookgate did not start: {log}"),
+            }
+        }
+        panic!("hookgate could not bind free ports");
+    }
+
+    fn try_start(config: &str, env: &[(&str, &str)], host: &str) -> Result<Gateway, String> {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let mport = free_port();
@@ -421,24 +434,24 @@ impl Gateway {
         }
         let child = cmd.spawn().unwrap();
         let mut gw = Gateway { child, addr, metrics, dir, log_path };
-        gw.wait_ready();
-        gw
+        gw.wait_ready()?;
+        Ok(gw)
     }
 
-    fn wait_ready(&mut self) {
+    fn wait_ready(&mut self) -> Result<(), String> {
         let end = Instant::now() + Duration::from_secs(20);
         while Instant::now() < end {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("hookgate exited early ({status}): {}", self.log());
+                return Err(format!("exited early ({status}): {}", self.log()));
             }
             if let Ok(r) = http_get(self.metrics, "/readyz") {
                 if r.status == 200 {
-                    return;
+                    return Ok(());
                 }
             }
             thread::sleep(Duration::from_millis(20));
         }
-        panic!("hookgate not ready in time: {}", self.log());
+        Err(format!("not ready in time: {}", self.log()))
     }
 
     pub fn log(&self) -> String {

@@ -1,0 +1,735 @@
+//! A strict, non-recursive JSON scanner (RFC 8259) that checks a whole document
+//! and records the byte spans hookgate needs, without building a DOM.
+//!
+//! What it refuses, with the byte offset: invalid UTF-8, a byte-order mark,
+//! anything outside RFC 8259's grammar (comments, single quotes, trailing commas,
+//! `NaN`/`Infinity`, leading zeros, trailing data, raw control characters in
+//! strings), lone UTF-16 surrogates in `\u` escapes, duplicate member names at
+//! any depth (compared after unescaping: parsers disagree on which copy wins),
+//! nesting deeper than [`MAX_DEPTH`], and numbers that do not fit a finite double.
+//!
+//! What it records: the member spans of `assist.transcription`, of its `content`,
+//! and of each `assist.transcription.chunks[*].content`, plus the `call.id` value,
+//! so that privacy transforms can cut bytes out of the original document and leave
+//! everything else exactly as sent.
+
+use std::collections::HashSet;
+use std::ops::Range;
+
+/// Deepest nesting of arrays and objects accepted.
+pub const MAX_DEPTH: usize = 100;
+
+/// Why a document was refused, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseError {
+    /// Byte offset of the problem.
+    pub offset: usize,
+    /// What is wrong.
+    pub what: &'static str,
+}
+
+impl std::fmt::Display for ParseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} at byte {}", self.what, self.offset)
+    }
+}
+
+/// A member that can be cut out of its object: `remove` is the byte range to
+/// delete (the member and one adjacent comma, with the whitespace between).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberSpan {
+    /// Bytes to delete to remove the member.
+    pub remove: Range<usize>,
+    /// The member's value.
+    pub value: Range<usize>,
+}
+
+/// What the scan found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scan {
+    /// `assist.transcription`, if present.
+    pub transcription: Option<MemberSpan>,
+    /// Whether `assist.transcription` is `null`.
+    pub transcription_is_null: bool,
+    /// `assist.transcription.content` and every `assist.transcription.chunks[*].content`.
+    pub texts: Vec<MemberSpan>,
+    /// The raw (still escaped) bytes of `call.id` when it is a string.
+    pub call_id: Option<Range<usize>>,
+}
+
+/// Which object we are in, for span recording.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    Other,
+    Root,
+    Call,
+    Assist,
+    Transcription,
+    Chunks,
+    Chunk,
+}
+
+#[derive(Debug)]
+struct Frame {
+    /// Offset of the opening bracket.
+    start: usize,
+    is_object: bool,
+    place: Place,
+    /// Keys seen so far (objects), decoded.
+    keys: Keys,
+    /// End of the previous member's value (objects) — where a removal that takes
+    /// the preceding comma starts.
+    prev_value_end: Option<usize>,
+    /// A first member waiting for the next key (or the end) to know its span.
+    pending_first: Option<(Target, usize, Range<usize>)>,
+    /// Current member's key start and target.
+    member: Option<(Target, usize)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    None,
+    Transcription,
+    Text,
+    CallId,
+}
+
+/// Member names of one object; small objects use a list, large ones a set.
+#[derive(Debug, Default)]
+struct Keys {
+    list: Vec<Vec<u8>>,
+    set: Option<HashSet<Vec<u8>>>,
+}
+
+impl Keys {
+    /// Insert; false if already present.
+    fn insert(&mut self, k: Vec<u8>) -> bool {
+        if let Some(set) = &mut self.set {
+            return set.insert(k);
+        }
+        if self.list.contains(&k) {
+            return false;
+        }
+        self.list.push(k);
+        if self.list.len() > 16 {
+            self.set = Some(self.list.drain(..).collect());
+        }
+        true
+    }
+}
+
+struct Scanner<'a> {
+    b: &'a [u8],
+    i: usize,
+    stack: Vec<Frame>,
+    out: Scan,
+    /// Start of the value that just ended.
+    last_value_start: usize,
+    /// Place of the value after the member name just read.
+    pending_child_place: Place,
+}
+
+fn err<T>(offset: usize, what: &'static str) -> Result<T, ParseError> {
+    Err(ParseError { offset, what })
+}
+
+/// Scan a whole document strictly.
+pub fn scan(body: &[u8]) -> Result<Scan, ParseError> {
+    if body.starts_with(&[0xEF, 0xBB, 0xBF]) {
+        return err(0, "byte-order mark");
+    }
+    if let Err(e) = std::str::from_utf8(body) {
+        return err(e.valid_up_to(), "invalid UTF-8");
+    }
+    let mut s = Scanner {
+        b: body,
+        i: 0,
+        stack: Vec::with_capacity(16),
+        out: Scan::default(),
+        last_value_start: 0,
+        pending_child_place: Place::Other,
+    };
+    s.run()?;
+    Ok(s.out)
+}
+
+impl Scanner<'_> {
+    fn ws(&mut self) {
+        while let Some(&c) = self.b.get(self.i) {
+            if matches!(c, b' ' | b'\t' | b'\n' | b'\r') {
+                self.i += 1;
+            } else {
+                break;
+            }
+        }
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    fn run(&mut self) -> Result<(), ParseError> {
+        self.ws();
+        if self.i >= self.b.len() {
+            return err(self.i, "empty document");
+        }
+        self.value(Place::Root)?;
+        loop {
+            // After a value: close containers or continue them.
+            self.ws();
+            let Some(top) = self.stack.last() else {
+                break;
+            };
+            let is_object = top.is_object;
+            match self.peek() {
+                Some(b',') => {
+                    self.i += 1;
+                    self.ws();
+                    if is_object {
+                        self.member_key()?;
+                    }
+                    let place = self.child_place();
+                    self.value(place)?;
+                }
+                Some(b'}') if is_object => {
+                    self.close_object();
+                    self.i += 1;
+                    self.after_value();
+                }
+                Some(b']') if !is_object => {
+                    if let Some(f) = self.stack.pop() {
+                        self.last_value_start = f.start;
+                    }
+                    self.i += 1;
+                    self.after_value();
+                }
+                Some(_) => return err(self.i, if is_object { "expected , or }" } else { "expected , or ]" }),
+                None => return err(self.i, "unexpected end of document"),
+            }
+        }
+        if self.i != self.b.len() {
+            return err(self.i, "trailing data after the document");
+        }
+        Ok(())
+    }
+
+    /// The place of a value about to start inside the top container.
+    fn child_place(&self) -> Place {
+        let Some(top) = self.stack.last() else { return Place::Root };
+        if top.is_object {
+            // Decided by member_key.
+            return self.pending_child_place;
+        }
+        match top.place {
+            Place::Chunks => Place::Chunk,
+            _ => Place::Other,
+        }
+    }
+
+    /// Read `"key" :` in an object, check duplicates, decide the target.
+    fn member_key(&mut self) -> Result<(), ParseError> {
+        let key_start = self.i;
+        if self.peek() != Some(b'"') {
+            return err(self.i, if self.peek() == Some(b'}') { "trailing comma" } else { "expected a member name" });
+        }
+        let (raw, escaped) = self.string()?;
+        let key: Vec<u8> = if escaped { unescape(&self.b[raw.clone()]) } else { self.b[raw].to_vec() };
+        self.ws();
+        if self.peek() != Some(b':') {
+            return err(self.i, "expected :");
+        }
+        self.i += 1;
+        self.ws();
+        let Some(top) = self.stack.last_mut() else { return err(key_start, "internal") };
+        let (target, child) = match (top.place, key.as_slice()) {
+            (Place::Root, b"call") => (Target::None, Place::Call),
+            (Place::Root, b"assist") => (Target::None, Place::Assist),
+            (Place::Call, b"id") => (Target::CallId, Place::Other),
+            (Place::Assist, b"transcription") => (Target::Transcription, Place::Transcription),
+            (Place::Transcription, b"content") => (Target::Text, Place::Other),
+            (Place::Transcription, b"chunks") => (Target::None, Place::Chunks),
+            (Place::Chunk, b"content") => (Target::Text, Place::Other),
+            _ => (Target::None, Place::Other),
+        };
+        if !top.keys.insert(key) {
+            return err(key_start, "duplicate member name");
+        }
+        // The first member's span is only known when the next key or the end is seen.
+        if let Some((t, start, value)) = top.pending_first.take() {
+            let span = MemberSpan {
+                remove: start..key_start,
+                value,
+            };
+            self.record(t, span);
+        }
+        let Some(top) = self.stack.last_mut() else { return err(key_start, "internal") };
+        top.member = Some((target, key_start));
+        self.pending_child_place = child;
+        Ok(())
+    }
+
+    fn record(&mut self, t: Target, span: MemberSpan) {
+        match t {
+            Target::Transcription => self.out.transcription = Some(span),
+            Target::Text => self.out.texts.push(span),
+            Target::CallId | Target::None => {}
+        }
+    }
+
+    /// A value ended at self.i: finish the member bookkeeping of the container.
+    fn after_value(&mut self) {
+        let end = self.i;
+        let Some(top) = self.stack.last_mut() else { return };
+        if !top.is_object {
+            return;
+        }
+        let Some((target, key_start)) = top.member.take() else { return };
+        let value_start = self.last_value_start;
+        let prev = top.prev_value_end.replace(end);
+        if target == Target::None {
+            return;
+        }
+        if target == Target::CallId {
+            if self.b.get(value_start) == Some(&b'"') {
+                self.out.call_id = Some(value_start + 1..end - 1);
+            }
+            return;
+        }
+        if target == Target::Transcription && self.b.get(value_start) == Some(&b'n') {
+            self.out.transcription_is_null = true;
+        }
+        match prev {
+            Some(p) => self.record(
+                target,
+                MemberSpan {
+                    remove: p..end,
+                    value: value_start..end,
+                },
+            ),
+            None => {
+                if let Some(top) = self.stack.last_mut() {
+                    top.pending_first = Some((target, key_start, value_start..end));
+                }
+            }
+        }
+    }
+
+    fn close_object(&mut self) {
+        if let Some(mut top) = self.stack.pop() {
+            self.last_value_start = top.start;
+            if let Some((t, start, value)) = top.pending_first.take() {
+                // The only member: remove it alone (whitespace before `}` stays).
+                let end = value.end;
+                self.record(t, MemberSpan { remove: start..end, value });
+            }
+        }
+    }
+
+    /// One value at self.i (after whitespace). A container pushes its frame and
+    /// goes on with its first value in this loop (no recursion); the rest of its
+    /// members are read by `run`.
+    fn value(&mut self, place: Place) -> Result<(), ParseError> {
+        let mut place = place;
+        loop {
+            self.last_value_start = self.i;
+            let open = match self.peek() {
+                Some(b'{') => Some(true),
+                Some(b'[') => Some(false),
+                Some(b'"') => {
+                    self.string()?;
+                    None
+                }
+                Some(b't') => {
+                    self.literal(b"true")?;
+                    None
+                }
+                Some(b'f') => {
+                    self.literal(b"false")?;
+                    None
+                }
+                Some(b'n') => {
+                    self.literal(b"null")?;
+                    None
+                }
+                Some(b'-' | b'0'..=b'9') => {
+                    self.number()?;
+                    None
+                }
+                Some(b']' | b'}') => return err(self.i, "trailing comma or missing value"),
+                Some(b'\'') => return err(self.i, "single quotes are not JSON"),
+                Some(b'/') => return err(self.i, "comments are not JSON"),
+                Some(b'N' | b'I') => return err(self.i, "NaN and Infinity are not JSON"),
+                Some(_) => return err(self.i, "unexpected character"),
+                None => return err(self.i, "unexpected end of document"),
+            };
+            let Some(is_object) = open else {
+                self.after_value();
+                return Ok(());
+            };
+            if self.stack.len() >= MAX_DEPTH {
+                return err(self.i, "nesting too deep");
+            }
+            self.stack.push(Frame {
+                start: self.i,
+                is_object,
+                place,
+                keys: Keys::default(),
+                prev_value_end: None,
+                pending_first: None,
+                member: None,
+            });
+            self.i += 1;
+            self.ws();
+            let close = if is_object { b'}' } else { b']' };
+            if self.peek() == Some(close) {
+                self.stack.pop();
+                self.i += 1;
+                self.after_value();
+                return Ok(());
+            }
+            if is_object {
+                self.member_key()?;
+            }
+            place = self.child_place();
+        }
+    }
+
+    fn literal(&mut self, word: &'static [u8]) -> Result<(), ParseError> {
+        if self.b.get(self.i..self.i + word.len()) == Some(word) {
+            self.i += word.len();
+            Ok(())
+        } else {
+            err(self.i, "invalid literal")
+        }
+    }
+
+    fn number(&mut self) -> Result<(), ParseError> {
+        let start = self.i;
+        if self.peek() == Some(b'-') {
+            self.i += 1;
+        }
+        match self.peek() {
+            Some(b'0') => {
+                self.i += 1;
+                if matches!(self.peek(), Some(b'0'..=b'9')) {
+                    return err(self.i, "leading zeros are not JSON");
+                }
+            }
+            Some(b'1'..=b'9') => self.digits(),
+            _ => return err(self.i, "invalid number"),
+        }
+        let mut simple = true;
+        if self.peek() == Some(b'.') {
+            self.i += 1;
+            if !matches!(self.peek(), Some(b'0'..=b'9')) {
+                return err(self.i, "invalid number: digit expected after .");
+            }
+            self.digits();
+        }
+        if matches!(self.peek(), Some(b'e' | b'E')) {
+            simple = false;
+            self.i += 1;
+            if matches!(self.peek(), Some(b'+' | b'-')) {
+                self.i += 1;
+            }
+            if !matches!(self.peek(), Some(b'0'..=b'9')) {
+                return err(self.i, "invalid number: digit expected in exponent");
+            }
+            self.digits();
+        }
+        // Short plain numbers are always finite; check the others.
+        if !simple || self.i - start > 300 {
+            let text = std::str::from_utf8(&self.b[start..self.i]).unwrap_or("x");
+            match text.parse::<f64>() {
+                Ok(v) if v.is_finite() => {}
+                _ => return err(start, "number out of range"),
+            }
+        }
+        Ok(())
+    }
+
+    fn digits(&mut self) {
+        while matches!(self.peek(), Some(b'0'..=b'9')) {
+            self.i += 1;
+        }
+    }
+
+    /// A string at self.i; returns the raw content range and whether it has escapes.
+    fn string(&mut self) -> Result<(Range<usize>, bool), ParseError> {
+        self.i += 1; // opening quote
+        let start = self.i;
+        let mut escaped = false;
+        loop {
+            let Some(&c) = self.b.get(self.i) else {
+                return err(start - 1, "unterminated string");
+            };
+            match c {
+                b'"' => {
+                    let r = start..self.i;
+                    self.i += 1;
+                    return Ok((r, escaped));
+                }
+                b'\\' => {
+                    escaped = true;
+                    self.escape()?;
+                }
+                0x00..=0x1f => return err(self.i, "control character in string"),
+                _ => self.i += 1,
+            }
+        }
+    }
+
+    fn escape(&mut self) -> Result<(), ParseError> {
+        let at = self.i;
+        self.i += 1;
+        match self.peek() {
+            Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => {
+                self.i += 1;
+                Ok(())
+            }
+            Some(b'u') => {
+                self.i += 1;
+                let cp = self.hex4().ok_or(ParseError { offset: at, what: "invalid \\u escape" })?;
+                if (0xD800..0xDC00).contains(&cp) {
+                    // A high surrogate must be followed by a low one.
+                    if self.b.get(self.i..self.i + 2) != Some(b"\\u") {
+                        return err(at, "lone surrogate in \\u escape");
+                    }
+                    self.i += 2;
+                    let low = self.hex4().ok_or(ParseError { offset: at, what: "invalid \\u escape" })?;
+                    if !(0xDC00..0xE000).contains(&low) {
+                        return err(at, "lone surrogate in \\u escape");
+                    }
+                } else if (0xDC00..0xE000).contains(&cp) {
+                    return err(at, "lone surrogate in \\u escape");
+                }
+                Ok(())
+            }
+            _ => err(at, "invalid escape"),
+        }
+    }
+
+    fn hex4(&mut self) -> Option<u32> {
+        let h = self.b.get(self.i..self.i + 4)?;
+        let mut v = 0u32;
+        for &c in h {
+            v = v * 16 + (c as char).to_digit(16)?;
+        }
+        self.i += 4;
+        Some(v)
+    }
+}
+
+/// Decode the escapes of a (valid) JSON string's raw content.
+pub fn unescape(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    let hex = |s: &[u8]| -> u32 {
+        s.iter().fold(0, |v, &c| v * 16 + (c as char).to_digit(16).unwrap_or(0))
+    };
+    while i < raw.len() {
+        let c = raw[i];
+        if c != b'\\' {
+            out.push(c);
+            i += 1;
+            continue;
+        }
+        let e = raw.get(i + 1).copied().unwrap_or(b'\\');
+        i += 2;
+        let ch = match e {
+            b'b' => '\u{8}',
+            b'f' => '\u{c}',
+            b'n' => '\n',
+            b'r' => '\r',
+            b't' => '\t',
+            b'u' => {
+                let mut cp = hex(raw.get(i..i + 4).unwrap_or_default());
+                i += 4;
+                if (0xD800..0xDC00).contains(&cp) {
+                    let low = hex(raw.get(i + 2..i + 6).unwrap_or_default());
+                    i += 6;
+                    cp = 0x10000 + ((cp - 0xD800) << 10) + (low.wrapping_sub(0xDC00) & 0x3ff);
+                }
+                char::from_u32(cp).unwrap_or('\u{fffd}')
+            }
+            other => other as char,
+        };
+        let mut buf = [0u8; 4];
+        out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
+    }
+    out
+}
+
+/// Copy `body` without the given (non-overlapping) ranges.
+pub fn splice_out(body: &[u8], mut cuts: Vec<Range<usize>>) -> Vec<u8> {
+    cuts.sort_by_key(|r| r.start);
+    let mut out = Vec::with_capacity(body.len());
+    let mut at = 0;
+    for r in cuts {
+        if r.start < at {
+            continue; // nested in a previous cut
+        }
+        out.extend_from_slice(&body[at..r.start]);
+        at = r.end;
+    }
+    out.extend_from_slice(&body[at..]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bad(s: &str) -> ParseError {
+        match scan(s.as_bytes()) {
+            Ok(_) => panic!("accepted: {s:?}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn accepts_rfc8259() {
+        for s in [
+            "{}",
+            "[]",
+            " {\"a\" : [1, -0, 0.5, 1e10, -1.5E-3, true, false, null, \"x\"] } ",
+            "\"just a string\"",
+            "123",
+            "{\"a\":{\"b\":{\"c\":[[[]]]}}}",
+            r#"{"e":"\" \\ \/ \b \f \n \r \t \u00e9 \ud83d\ude00"}"#,
+            "{\"ü\": \"日本語\"}",
+            "12345678901234567890123",
+        ] {
+            assert!(scan(s.as_bytes()).is_ok(), "{s}");
+            // serde_json agrees, so validation never disagrees with the scan.
+            assert!(serde_json::from_str::<serde_json::Value>(s).is_ok(), "{s}");
+        }
+    }
+
+    #[test]
+    fn refuses_with_position() {
+        let cases = [
+            ("", 0, "empty document"),
+            ("   ", 3, "empty document"),
+            ("{\"a\":1,}", 7, "trailing comma"),
+            ("[1,]", 3, "trailing comma or missing value"),
+            ("{\"a\":1} x", 8, "trailing data after the document"),
+            ("{'a':1}", 1, "expected a member name"),
+            ("['a']", 1, "single quotes are not JSON"),
+            ("{\"a\":NaN}", 5, "NaN and Infinity are not JSON"),
+            ("[Infinity]", 1, "NaN and Infinity are not JSON"),
+            ("[1] // c", 4, "trailing data after the document"),
+            ("[/* c */ 1]", 1, "comments are not JSON"),
+            ("[01]", 2, "leading zeros are not JSON"),
+            ("[1.]", 3, "invalid number: digit expected after ."),
+            ("[1e]", 3, "invalid number: digit expected in exponent"),
+            ("[1e999]", 1, "number out of range"),
+            ("[-]", 2, "invalid number"),
+            ("[+1]", 1, "unexpected character"),
+            ("[\"a\tb\"]", 3, "control character in string"),
+            ("[\"\\x\"]", 2, "invalid escape"),
+            ("[\"\\ud800\"]", 2, "lone surrogate in \\u escape"),
+            ("[\"\\udc00\"]", 2, "lone surrogate in \\u escape"),
+            ("[\"\\u12\"]", 2, "invalid \\u escape"),
+            ("[\"abc", 1, "unterminated string"),
+            ("{\"a\":1,\"a\":2}", 7, "duplicate member name"),
+            ("{\"a\":1,\"\\u0061\":2}", 7, "duplicate member name"),
+            ("[tru]", 1, "invalid literal"),
+            ("{\"a\" 1}", 5, "expected :"),
+            ("[1 2]", 3, "expected , or ]"),
+            ("{\"a\":1 \"b\":2}", 7, "expected , or }"),
+            ("[1", 2, "unexpected end of document"),
+        ];
+        for (s, offset, what) in cases {
+            let e = bad(s);
+            assert_eq!((e.offset, e.what), (offset, what), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn refuses_bom_and_bad_utf8() {
+        assert_eq!(scan(b"\xEF\xBB\xBF{}").unwrap_err().what, "byte-order mark");
+        let e = scan(b"{\"a\":\"\xff\"}").unwrap_err();
+        assert_eq!((e.offset, e.what), (6, "invalid UTF-8"));
+    }
+
+    #[test]
+    fn duplicates_at_every_depth_and_in_big_objects() {
+        assert_eq!(bad(r#"{"x":[{"k":1,"k":2}]}"#).what, "duplicate member name");
+        let mut big = String::from("{");
+        for i in 0..40 {
+            big.push_str(&format!("\"k{i}\":{i},"));
+        }
+        big.push_str("\"k7\":0}");
+        assert_eq!(bad(&big).what, "duplicate member name");
+        // Same name in sibling objects is fine.
+        assert!(scan(br#"[{"k":1},{"k":2}]"#).is_ok());
+    }
+
+    #[test]
+    fn depth_is_bounded_without_recursion() {
+        let ok = format!("{}{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
+        assert!(scan(ok.as_bytes()).is_ok());
+        assert!(serde_json::from_str::<serde_json::Value>(&ok).is_ok(), "serde_json must accept what the scan accepts");
+        let deep = format!("{}{}", "[".repeat(MAX_DEPTH + 1), "]".repeat(MAX_DEPTH + 1));
+        assert_eq!(bad(&deep).what, "nesting too deep");
+        let huge = "[{\"a\":".repeat(100_000);
+        assert_eq!(bad(&huge).what, "nesting too deep");
+    }
+
+    fn strip(doc: &str) -> String {
+        let s = scan(doc.as_bytes()).unwrap();
+        let cuts = s.transcription.iter().map(|t| t.remove.clone()).collect();
+        String::from_utf8(splice_out(doc.as_bytes(), cuts)).unwrap()
+    }
+
+    fn strip_text(doc: &str) -> String {
+        let s = scan(doc.as_bytes()).unwrap();
+        let cuts = s.texts.iter().map(|t| t.remove.clone()).collect();
+        String::from_utf8(splice_out(doc.as_bytes(), cuts)).unwrap()
+    }
+
+    #[test]
+    fn strip_cuts_exactly_the_member() {
+        assert_eq!(
+            strip(r#"{"assist": {"summary": 1.0, "transcription": {"content": "x"}, "z": 12345678901234567890}}"#),
+            r#"{"assist": {"summary": 1.0, "z": 12345678901234567890}}"#
+        );
+        // First member.
+        assert_eq!(
+            strip(r#"{"assist":{"transcription":{"content":"x"} , "summary":"\u00e9"}}"#),
+            r#"{"assist":{"summary":"\u00e9"}}"#
+        );
+        // Last member.
+        assert_eq!(strip(r#"{"assist":{"a":1,"transcription":[]}}"#), r#"{"assist":{"a":1}}"#);
+        // Only member.
+        assert_eq!(strip("{\"assist\":{ \"transcription\":{}\n}}"), "{\"assist\":{ \n}}");
+        // Elsewhere than assist: untouched.
+        let other = r#"{"transcription":{"content":"x"},"call":{"transcription":1}}"#;
+        assert_eq!(strip(other), other);
+    }
+
+    #[test]
+    fn strip_text_keeps_speakers_and_timing() {
+        let doc = r#"{"assist":{"transcription":{"content":"all words","chunks":[{"speaker":"caller","startTime":1,"endTime":2,"content":"hello"},{"content":"first","speaker":"callee"}]}}}"#;
+        assert_eq!(
+            strip_text(doc),
+            r#"{"assist":{"transcription":{"chunks":[{"speaker":"caller","startTime":1,"endTime":2},{"speaker":"callee"}]}}}"#
+        );
+        let v: serde_json::Value = serde_json::from_str(&strip_text(doc)).unwrap();
+        assert!(v["assist"]["transcription"]["chunks"][0]["content"].is_null());
+    }
+
+    #[test]
+    fn call_id_and_null_transcription() {
+        let doc = br#"{"call":{"id":"abc-1"},"assist":{"transcription":null}}"#;
+        let s = scan(doc).unwrap();
+        assert_eq!(&doc[s.call_id.unwrap()], b"abc-1");
+        assert!(s.transcription_is_null);
+    }
+
+    #[test]
+    fn unescape_decodes() {
+        assert_eq!(unescape(br#"a\"\u00e9\ud83d\ude00\n"#), "a\"é😀\n".as_bytes());
+    }
+}
