@@ -156,8 +156,14 @@ impl AccessPolicy {
 }
 
 fn trim_ascii(b: &[u8]) -> &[u8] {
-    let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
-    let end = b.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    let start = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
     b.get(start..end).unwrap_or_default()
 }
 
@@ -166,7 +172,10 @@ fn trim_ascii(b: &[u8]) -> &[u8] {
 /// Anything else (`unknown`, obfuscated identifiers, garbage) is `None`.
 pub fn parse_forwarded_entry(entry: &[u8]) -> Option<IpAddr> {
     let s = std::str::from_utf8(entry).ok()?.trim();
-    let s = s.strip_prefix('"').and_then(|s| s.strip_suffix('"')).unwrap_or(s);
+    let s = s
+        .strip_prefix('"')
+        .and_then(|s| s.strip_suffix('"'))
+        .unwrap_or(s);
     if s.len() > 64 {
         return None;
     }

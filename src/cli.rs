@@ -58,7 +58,11 @@ pub fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(&cli.config, cli.log_format),
         Command::Check => check(&cli.config),
-        Command::Validate { route, schema, payloads } => validate(&cli.config, route, schema, &payloads),
+        Command::Validate {
+            route,
+            schema,
+            payloads,
+        } => validate(&cli.config, route, schema, &payloads),
     }
 }
 
@@ -99,10 +103,19 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
-fn validate(path: &std::path::Path, route: Option<String>, schema: Option<PathBuf>, payloads: &[PathBuf]) -> ExitCode {
+fn validate(
+    path: &std::path::Path,
+    route: Option<String>,
+    schema: Option<PathBuf>,
+    payloads: &[PathBuf],
+) -> ExitCode {
     let inspector = match (route, schema) {
         (_, Some(s)) => match compile_schema_file(&s) {
-            Ok(schema) => Inspector::new(Some(Arc::new(schema)), Validation::Enforce, Transcription::Keep),
+            Ok(schema) => Inspector::new(
+                Some(Arc::new(schema)),
+                Validation::Enforce,
+                Transcription::Keep,
+            ),
             Err(e) => {
                 eprintln!("{e}");
                 return ExitCode::FAILURE;
@@ -127,7 +140,11 @@ fn validate(path: &std::path::Path, route: Option<String>, schema: Option<PathBu
             match found {
                 Some(r) => r.inspector.clone(),
                 None => {
-                    eprintln!("no route named {:?} in {}", name.unwrap_or_default(), path.display());
+                    eprintln!(
+                        "no route named {:?} in {}",
+                        name.unwrap_or_default(),
+                        path.display()
+                    );
                     return ExitCode::FAILURE;
                 }
             }
@@ -156,15 +173,29 @@ fn validate(path: &std::path::Path, route: Option<String>, schema: Option<PathBu
                 };
                 println!("{}: accepted, {what}{report}", p.display());
                 for v in &out.violations {
-                    println!("  {} {}", if v.path.is_empty() { "/" } else { &v.path }, v.message);
+                    println!(
+                        "  {} {}",
+                        if v.path.is_empty() { "/" } else { &v.path },
+                        v.message
+                    );
                 }
             }
             Err(r) => {
                 rejected += 1;
-                println!("{}: rejected {} {}: {}", p.display(), r.status(), r.code(), r.message());
+                println!(
+                    "{}: rejected {} {}: {}",
+                    p.display(),
+                    r.status(),
+                    r.code(),
+                    r.message()
+                );
                 if let crate::error::Rejection::SchemaViolation(v) = &r {
                     for v in v {
-                        println!("  {} {}", if v.path.is_empty() { "/" } else { &v.path }, v.message);
+                        println!(
+                            "  {} {}",
+                            if v.path.is_empty() { "/" } else { &v.path },
+                            v.message
+                        );
                     }
                 }
             }

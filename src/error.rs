@@ -103,7 +103,10 @@ impl Rejection {
             Rejection::BadRequest(m) => format!("malformed request: {m}"),
             Rejection::InvalidJson(m) => format!("the body is not valid JSON: {m}"),
             Rejection::SchemaViolation(v) => {
-                format!("the payload does not match the route's schema ({} violations shown)", v.len())
+                format!(
+                    "the payload does not match the route's schema ({} violations shown)",
+                    v.len()
+                )
             }
             Rejection::UpstreamUnavailable => "the upstream is unavailable".into(),
             Rejection::UpstreamTimeout => "the upstream did not answer in time".into(),
@@ -149,7 +152,8 @@ mod tests {
 
     #[test]
     fn json_shape() {
-        let v: serde_json::Value = serde_json::from_slice(&Rejection::RouteNotFound.to_json()).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&Rejection::RouteNotFound.to_json()).unwrap();
         assert_eq!(v["error"], "route_not_found");
         assert!(v["message"].is_string());
         assert!(v.get("details").is_none());
@@ -171,7 +175,11 @@ mod tests {
             (Rejection::Unauthorized, 401, "unauthorized"),
             (Rejection::RouteNotFound, 404, "route_not_found"),
             (Rejection::MethodNotAllowed, 405, "method_not_allowed"),
-            (Rejection::UnsupportedMediaType, 415, "unsupported_media_type"),
+            (
+                Rejection::UnsupportedMediaType,
+                415,
+                "unsupported_media_type",
+            ),
             (Rejection::BodyTooLarge { limit: 1 }, 413, "body_too_large"),
             (Rejection::BodyTimeout, 408, "body_timeout"),
             (Rejection::InvalidJson("x".into()), 400, "invalid_json"),

@@ -22,7 +22,10 @@ const PROXY_CONNECTION: &str = "proxy-connection";
 
 /// Headers hookgate writes itself on the upstream request; operators cannot set them.
 pub fn is_managed(name: &HeaderName) -> bool {
-    name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING || name == header::HOST || name == header::CONNECTION
+    name == header::CONTENT_LENGTH
+        || name == header::TRANSFER_ENCODING
+        || name == header::HOST
+        || name == header::CONNECTION
 }
 
 /// Is this a hop-by-hop header, given the names listed in `Connection`?
@@ -83,7 +86,10 @@ pub fn forwarded_for(incoming: &HeaderMap, peer: &str, peer_trusted: bool) -> St
 }
 
 /// Apply a route's `remove`, then `set`, rules to a header list.
-pub fn apply_rules(rules: &HeaderRules, mut set: impl FnMut(&HeaderName, Option<&http::HeaderValue>)) {
+pub fn apply_rules(
+    rules: &HeaderRules,
+    mut set: impl FnMut(&HeaderName, Option<&http::HeaderValue>),
+) {
     for name in &rules.remove {
         set(name, None);
     }
@@ -94,11 +100,13 @@ pub fn apply_rules(rules: &HeaderRules, mut set: impl FnMut(&HeaderName, Option<
 
 /// Response headers from the upstream that go back to the client: all but
 /// hop-by-hop and framing (hookgate sets `Content-Length` itself).
-pub fn response_forwardable(headers: &HeaderMap) -> impl Iterator<Item = (&HeaderName, &http::HeaderValue)> {
+pub fn response_forwardable(
+    headers: &HeaderMap,
+) -> impl Iterator<Item = (&HeaderName, &http::HeaderValue)> {
     let nominated = connection_nominated(headers);
-    headers
-        .iter()
-        .filter(move |(name, _)| !(is_hop_by_hop(name, &nominated) || *name == header::CONTENT_LENGTH))
+    headers.iter().filter(move |(name, _)| {
+        !(is_hop_by_hop(name, &nominated) || *name == header::CONTENT_LENGTH)
+    })
 }
 
 #[cfg(test)]
@@ -109,7 +117,10 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut m = HeaderMap::new();
         for (k, v) in pairs {
-            m.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            m.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         m
     }
@@ -129,7 +140,9 @@ mod tests {
             ("content-type", "application/json"),
         ]);
         let secret = HeaderName::from_static("x-hookgate-secret");
-        let kept: Vec<&str> = forwardable(&m, Some(&secret)).map(|(k, _)| k.as_str()).collect();
+        let kept: Vec<&str> = forwardable(&m, Some(&secret))
+            .map(|(k, _)| k.as_str())
+            .collect();
         assert_eq!(kept, vec!["x-call", "content-type"]);
     }
 
@@ -137,7 +150,13 @@ mod tests {
     fn forwarded_for_from_untrusted_peer_is_replaced() {
         let m = map(&[("x-forwarded-for", "217.116.118.254")]);
         assert_eq!(forwarded_for(&m, "203.0.113.5", false), "203.0.113.5");
-        assert_eq!(forwarded_for(&m, "10.0.0.2", true), "217.116.118.254, 10.0.0.2");
-        assert_eq!(forwarded_for(&HeaderMap::new(), "10.0.0.2", true), "10.0.0.2");
+        assert_eq!(
+            forwarded_for(&m, "10.0.0.2", true),
+            "217.116.118.254, 10.0.0.2"
+        );
+        assert_eq!(
+            forwarded_for(&HeaderMap::new(), "10.0.0.2", true),
+            "10.0.0.2"
+        );
     }
 }

@@ -90,14 +90,19 @@ impl Schema {
 /// retriever compiled in, a `$ref` to anything outside the file fails here,
 /// at start, and never reaches the network.
 pub fn compile_schema_file(path: &Path) -> Result<Schema, String> {
-    let text = std::fs::read(path).map_err(|e| format!("cannot read schema {}: {e}", path.display()))?;
+    let text =
+        std::fs::read(path).map_err(|e| format!("cannot read schema {}: {e}", path.display()))?;
     let value: Value = serde_json::from_slice(&text)
         .map_err(|e| format!("schema {} is not JSON: {e}", path.display()))?;
     let id = value
         .get("$id")
         .and_then(Value::as_str)
         .map(str::to_string)
-        .unwrap_or_else(|| path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default());
+        .unwrap_or_else(|| {
+            path.file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        });
     let validator = jsonschema::validator_for(&value)
         .map_err(|e| format!("schema {} does not compile: {e}", path.display()))?;
     Ok(Schema { id, validator })
@@ -126,8 +131,16 @@ pub struct Inspector {
 
 impl Inspector {
     /// An inspector with its schema (needed unless validation is off).
-    pub fn new(schema: Option<Arc<Schema>>, validation: Validation, transcription: Transcription) -> Self {
-        let validation = if schema.is_none() { Validation::Off } else { validation };
+    pub fn new(
+        schema: Option<Arc<Schema>>,
+        validation: Validation,
+        transcription: Transcription,
+    ) -> Self {
+        let validation = if schema.is_none() {
+            Validation::Off
+        } else {
+            validation
+        };
         Inspector {
             schema,
             validation,
@@ -159,16 +172,23 @@ impl Inspector {
         };
         if let (Some(schema), true) = (&self.schema, self.validation != Validation::Off) {
             // The scan has proven the body strict JSON; the DOM is only for the schema.
-            let doc: Value = serde_json::from_slice(body).map_err(|e| Rejection::InvalidJson(e.to_string()))?;
+            let doc: Value =
+                serde_json::from_slice(body).map_err(|e| Rejection::InvalidJson(e.to_string()))?;
             out.violations = violations(&schema.validator, &doc);
             if !out.violations.is_empty() && self.validation == Validation::Enforce {
-                return Err(Rejection::SchemaViolation(std::mem::take(&mut out.violations)));
+                return Err(Rejection::SchemaViolation(std::mem::take(
+                    &mut out.violations,
+                )));
             }
         }
         let cuts = match self.transcription {
             _ if scan.transcription_is_null => Vec::new(),
             Transcription::Keep => Vec::new(),
-            Transcription::Strip => scan.transcription.iter().map(|t| t.remove.clone()).collect(),
+            Transcription::Strip => scan
+                .transcription
+                .iter()
+                .map(|t| t.remove.clone())
+                .collect(),
             Transcription::StripText => scan.texts.iter().map(|t| t.remove.clone()).collect(),
         };
         if !cuts.is_empty() {
@@ -189,7 +209,9 @@ pub fn parse_strict(body: &[u8]) -> Result<Value, Rejection> {
 fn call_id(raw: &[u8]) -> Option<String> {
     let safe = !raw.is_empty()
         && raw.len() <= 128
-        && raw.iter().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b));
+        && raw
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b));
     safe.then(|| String::from_utf8_lossy(raw).into_owned())
 }
 
@@ -209,7 +231,10 @@ fn describe(kind: &jsonschema::error::ValidationErrorKind) -> String {
     use jsonschema::error::ValidationErrorKind as K;
     match kind {
         K::Required { property } => format!("required property {property} is missing"),
-        K::Type { kind } => format!("wrong type, expected {kind:?}").replace("Single(", "").replace("Multiple(", "").replace(')', ""),
+        K::Type { kind } => format!("wrong type, expected {kind:?}")
+            .replace("Single(", "")
+            .replace("Multiple(", "")
+            .replace(')', ""),
         K::Enum { options } => format!("not one of {options}"),
         K::Constant { expected_value } => format!("must be {expected_value}"),
         K::MinLength { limit } => format!("shorter than {limit} characters"),
@@ -222,8 +247,9 @@ fn describe(kind: &jsonschema::error::ValidationErrorKind) -> String {
         K::Format { format } => format!("not a valid {format}"),
         K::MinItems { limit } => format!("fewer than {limit} items"),
         K::MaxItems { limit } => format!("more than {limit} items"),
-        K::AdditionalProperties { unexpected } => format!("{} unexpected properties", unexpected.len()),
+        K::AdditionalProperties { unexpected } => {
+            format!("{} unexpected properties", unexpected.len())
+        }
         other => format!("fails the `{}` keyword", other.keyword()),
     }
 }
-

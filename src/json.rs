@@ -203,7 +203,16 @@ impl Scanner<'_> {
                     self.i += 1;
                     self.after_value();
                 }
-                Some(_) => return err(self.i, if is_object { "expected , or }" } else { "expected , or ]" }),
+                Some(_) => {
+                    return err(
+                        self.i,
+                        if is_object {
+                            "expected , or }"
+                        } else {
+                            "expected , or ]"
+                        },
+                    )
+                }
                 None => return err(self.i, "unexpected end of document"),
             }
         }
@@ -215,7 +224,9 @@ impl Scanner<'_> {
 
     /// The place of a value about to start inside the top container.
     fn child_place(&self) -> Place {
-        let Some(top) = self.stack.last() else { return Place::Root };
+        let Some(top) = self.stack.last() else {
+            return Place::Root;
+        };
         if top.is_object {
             // Decided by member_key.
             return self.pending_child_place;
@@ -230,17 +241,30 @@ impl Scanner<'_> {
     fn member_key(&mut self) -> Result<(), ParseError> {
         let key_start = self.i;
         if self.peek() != Some(b'"') {
-            return err(self.i, if self.peek() == Some(b'}') { "trailing comma" } else { "expected a member name" });
+            return err(
+                self.i,
+                if self.peek() == Some(b'}') {
+                    "trailing comma"
+                } else {
+                    "expected a member name"
+                },
+            );
         }
         let (raw, escaped) = self.string()?;
-        let key: Vec<u8> = if escaped { unescape(&self.b[raw.clone()]) } else { self.b[raw].to_vec() };
+        let key: Vec<u8> = if escaped {
+            unescape(&self.b[raw.clone()])
+        } else {
+            self.b[raw].to_vec()
+        };
         self.ws();
         if self.peek() != Some(b':') {
             return err(self.i, "expected :");
         }
         self.i += 1;
         self.ws();
-        let Some(top) = self.stack.last_mut() else { return err(key_start, "internal") };
+        let Some(top) = self.stack.last_mut() else {
+            return err(key_start, "internal");
+        };
         let (target, child) = match (top.place, key.as_slice()) {
             (Place::Root, b"call") => (Target::None, Place::Call),
             (Place::Root, b"assist") => (Target::None, Place::Assist),
@@ -262,7 +286,9 @@ impl Scanner<'_> {
             };
             self.record(t, span);
         }
-        let Some(top) = self.stack.last_mut() else { return err(key_start, "internal") };
+        let Some(top) = self.stack.last_mut() else {
+            return err(key_start, "internal");
+        };
         top.member = Some((target, key_start));
         self.pending_child_place = child;
         Ok(())
@@ -279,11 +305,15 @@ impl Scanner<'_> {
     /// A value ended at self.i: finish the member bookkeeping of the container.
     fn after_value(&mut self) {
         let end = self.i;
-        let Some(top) = self.stack.last_mut() else { return };
+        let Some(top) = self.stack.last_mut() else {
+            return;
+        };
         if !top.is_object {
             return;
         }
-        let Some((target, key_start)) = top.member.take() else { return };
+        let Some((target, key_start)) = top.member.take() else {
+            return;
+        };
         let value_start = self.last_value_start;
         let prev = top.prev_value_end.replace(end);
         if target == Target::None {
@@ -320,7 +350,13 @@ impl Scanner<'_> {
             if let Some((t, start, value)) = top.pending_first.take() {
                 // The only member: remove it alone (whitespace before `}` stays).
                 let end = value.end;
-                self.record(t, MemberSpan { remove: start..end, value });
+                self.record(
+                    t,
+                    MemberSpan {
+                        remove: start..end,
+                        value,
+                    },
+                );
             }
         }
     }
@@ -489,14 +525,20 @@ impl Scanner<'_> {
             }
             Some(b'u') => {
                 self.i += 1;
-                let cp = self.hex4().ok_or(ParseError { offset: at, what: "invalid \\u escape" })?;
+                let cp = self.hex4().ok_or(ParseError {
+                    offset: at,
+                    what: "invalid \\u escape",
+                })?;
                 if (0xD800..0xDC00).contains(&cp) {
                     // A high surrogate must be followed by a low one.
                     if self.b.get(self.i..self.i + 2) != Some(b"\\u") {
                         return err(at, "lone surrogate in \\u escape");
                     }
                     self.i += 2;
-                    let low = self.hex4().ok_or(ParseError { offset: at, what: "invalid \\u escape" })?;
+                    let low = self.hex4().ok_or(ParseError {
+                        offset: at,
+                        what: "invalid \\u escape",
+                    })?;
                     if !(0xDC00..0xE000).contains(&low) {
                         return err(at, "lone surrogate in \\u escape");
                     }
@@ -525,7 +567,8 @@ pub fn unescape(raw: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(raw.len());
     let mut i = 0;
     let hex = |s: &[u8]| -> u32 {
-        s.iter().fold(0, |v, &c| v * 16 + (c as char).to_digit(16).unwrap_or(0))
+        s.iter()
+            .fold(0, |v, &c| v * 16 + (c as char).to_digit(16).unwrap_or(0))
     };
     while i < raw.len() {
         let c = raw[i];
@@ -655,7 +698,10 @@ mod tests {
 
     #[test]
     fn duplicates_at_every_depth_and_in_big_objects() {
-        assert_eq!(bad(r#"{"x":[{"k":1,"k":2}]}"#).what, "duplicate member name");
+        assert_eq!(
+            bad(r#"{"x":[{"k":1,"k":2}]}"#).what,
+            "duplicate member name"
+        );
         let mut big = String::from("{");
         for i in 0..40 {
             big.push_str(&format!("\"k{i}\":{i},"));
@@ -670,7 +716,10 @@ mod tests {
     fn depth_is_bounded_without_recursion() {
         let ok = format!("{}{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
         assert!(scan(ok.as_bytes()).is_ok());
-        assert!(serde_json::from_str::<serde_json::Value>(&ok).is_ok(), "serde_json must accept what the scan accepts");
+        assert!(
+            serde_json::from_str::<serde_json::Value>(&ok).is_ok(),
+            "serde_json must accept what the scan accepts"
+        );
         let deep = format!("{}{}", "[".repeat(MAX_DEPTH + 1), "]".repeat(MAX_DEPTH + 1));
         assert_eq!(bad(&deep).what, "nesting too deep");
         let huge = "[{\"a\":".repeat(100_000);
@@ -692,7 +741,9 @@ mod tests {
     #[test]
     fn strip_cuts_exactly_the_member() {
         assert_eq!(
-            strip(r#"{"assist": {"summary": 1.0, "transcription": {"content": "x"}, "z": 12345678901234567890}}"#),
+            strip(
+                r#"{"assist": {"summary": 1.0, "transcription": {"content": "x"}, "z": 12345678901234567890}}"#
+            ),
             r#"{"assist": {"summary": 1.0, "z": 12345678901234567890}}"#
         );
         // First member.
@@ -701,9 +752,15 @@ mod tests {
             r#"{"assist":{"summary":"\u00e9"}}"#
         );
         // Last member.
-        assert_eq!(strip(r#"{"assist":{"a":1,"transcription":[]}}"#), r#"{"assist":{"a":1}}"#);
+        assert_eq!(
+            strip(r#"{"assist":{"a":1,"transcription":[]}}"#),
+            r#"{"assist":{"a":1}}"#
+        );
         // Only member.
-        assert_eq!(strip("{\"assist\":{ \"transcription\":{}\n}}"), "{\"assist\":{ \n}}");
+        assert_eq!(
+            strip("{\"assist\":{ \"transcription\":{}\n}}"),
+            "{\"assist\":{ \n}}"
+        );
         // Elsewhere than assist: untouched.
         let other = r#"{"transcription":{"content":"x"},"call":{"transcription":1}}"#;
         assert_eq!(strip(other), other);
@@ -730,6 +787,9 @@ mod tests {
 
     #[test]
     fn unescape_decodes() {
-        assert_eq!(unescape(br#"a\"\u00e9\ud83d\ude00\n"#), "a\"é😀\n".as_bytes());
+        assert_eq!(
+            unescape(br#"a\"\u00e9\ud83d\ude00\n"#),
+            "a\"é😀\n".as_bytes()
+        );
     }
 }

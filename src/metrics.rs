@@ -64,50 +64,79 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let requests = must(IntCounterVec::new(
-            Opts::new("hookgate_requests_total", "Requests by route and outcome (forwarded or the error code)."),
+            Opts::new(
+                "hookgate_requests_total",
+                "Requests by route and outcome (forwarded or the error code).",
+            ),
             &["route", "outcome"],
         ));
         let request_duration = must(HistogramVec::new(
-            HistogramOpts::new("hookgate_request_duration_seconds", "Whole request at the gateway, in seconds.")
-                .buckets(LATENCY_BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "hookgate_request_duration_seconds",
+                "Whole request at the gateway, in seconds.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
             &["route"],
         ));
         let upstream_duration = must(HistogramVec::new(
-            HistogramOpts::new("hookgate_upstream_duration_seconds", "Upstream exchange, in seconds.")
-                .buckets(LATENCY_BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "hookgate_upstream_duration_seconds",
+                "Upstream exchange, in seconds.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
             &["route"],
         ));
         let upstream_responses = must(IntCounterVec::new(
-            Opts::new("hookgate_upstream_responses_total", "Upstream responses by status class."),
+            Opts::new(
+                "hookgate_upstream_responses_total",
+                "Upstream responses by status class.",
+            ),
             &["route", "status"],
         ));
         let body_bytes = must(HistogramVec::new(
-            HistogramOpts::new("hookgate_request_body_bytes", "Size of request bodies read, in bytes.")
-                .buckets(SIZE_BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "hookgate_request_body_bytes",
+                "Size of request bodies read, in bytes.",
+            )
+            .buckets(SIZE_BUCKETS.to_vec()),
             &["route"],
         ));
         let schema_violations = must(IntCounterVec::new(
-            Opts::new("hookgate_schema_violations_total", "Requests that violated the route's schema (report mode included)."),
+            Opts::new(
+                "hookgate_schema_violations_total",
+                "Requests that violated the route's schema (report mode included).",
+            ),
             &["route"],
         ));
         let transcriptions_removed = must(IntCounterVec::new(
-            Opts::new("hookgate_transcriptions_removed_total", "Transcriptions removed or emptied before forwarding."),
+            Opts::new(
+                "hookgate_transcriptions_removed_total",
+                "Transcriptions removed or emptied before forwarding.",
+            ),
             &["route", "mode"],
         ));
         let connections_rejected = must(IntCounter::new(
             "hookgate_connections_rejected_total",
             "Connections dropped at accept time (peer not in the allow list).",
         ));
-        let in_flight = must(IntGauge::new("hookgate_requests_in_flight", "Requests being processed."));
+        let in_flight = must(IntGauge::new(
+            "hookgate_requests_in_flight",
+            "Requests being processed.",
+        ));
         let build_info = must(IntGaugeVec::new(
             Opts::new("hookgate_build_info", "Build information (always 1)."),
             &["version"],
         ));
         let upstream_retries = must(IntCounterVec::new(
-            Opts::new("hookgate_upstream_retries_total", "Requests retried on another upstream after a connect failure."),
+            Opts::new(
+                "hookgate_upstream_retries_total",
+                "Requests retried on another upstream after a connect failure.",
+            ),
             &["route"],
         ));
-        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),

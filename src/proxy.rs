@@ -60,7 +60,11 @@ struct Reused;
 
 impl Gateway {
     /// Build the application from a validated config.
-    pub fn new(cfg: &Config, metrics: Arc<Metrics>, lifecycle: Arc<Lifecycle>) -> std::io::Result<Self> {
+    pub fn new(
+        cfg: &Config,
+        metrics: Arc<Metrics>,
+        lifecycle: Arc<Lifecycle>,
+    ) -> std::io::Result<Self> {
         let mut deliverer = Deliverer::new();
         let mut routes = HashMap::new();
         for r in &cfg.routes {
@@ -83,7 +87,11 @@ impl Gateway {
             lifecycle,
             header_timeout: cfg.server.header_timeout,
             keepalive_secs: cfg.server.keepalive_timeout.as_secs().max(1),
-            scheme: if cfg.server.tls.is_some() { "https" } else { "http" },
+            scheme: if cfg.server.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            },
         })
     }
 }
@@ -182,12 +190,18 @@ impl Gateway {
     /// Stages 2 to 9 for one request.
     async fn handle(&self, s: &mut ServerSession, f: &mut Facts) -> Result<Handled, Rejection> {
         // Stage 2: identify the client.
-        let peer = s.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_canonical());
+        let peer = s
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_canonical());
         f.peer = peer;
         let req = s.req_header();
         let client = self.access.identify(
             peer,
-            req.headers.get_all("x-forwarded-for").iter().map(HeaderValue::as_bytes),
+            req.headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .map(HeaderValue::as_bytes),
         );
         f.client = Some(client);
         if !self.access.is_client_allowed(client) {
@@ -230,7 +244,10 @@ impl Gateway {
             Ok(o) => o,
             Err(r) => {
                 if matches!(r, Rejection::SchemaViolation(_)) {
-                    self.metrics.schema_violations.with_label_values(&[&route.name]).inc();
+                    self.metrics
+                        .schema_violations
+                        .with_label_values(&[&route.name])
+                        .inc();
                     log_violations(&route.name, &r, "enforce");
                 }
                 return Err(r);
@@ -238,8 +255,15 @@ impl Gateway {
         };
         f.call_id = outcome.call_id.clone();
         if !outcome.violations.is_empty() {
-            self.metrics.schema_violations.with_label_values(&[&route.name]).inc();
-            log_violations(&route.name, &Rejection::SchemaViolation(outcome.violations.clone()), "report");
+            self.metrics
+                .schema_violations
+                .with_label_values(&[&route.name])
+                .inc();
+            log_violations(
+                &route.name,
+                &Rejection::SchemaViolation(outcome.violations.clone()),
+                "report",
+            );
         }
         if outcome.transcription_removed {
             self.metrics
@@ -264,7 +288,10 @@ impl Gateway {
         match result {
             Ok((answer, retries)) => {
                 if retries > 0 {
-                    self.metrics.upstream_retries.with_label_values(&[&route.name]).inc_by(retries.into());
+                    self.metrics
+                        .upstream_retries
+                        .with_label_values(&[&route.name])
+                        .inc_by(retries.into());
                 }
                 f.upstream_status = Some(answer.status);
                 self.metrics
@@ -292,14 +319,23 @@ impl Gateway {
 
     /// The upstream request's headers: the client's, minus hop-by-hop, framing and
     /// the secret, plus the forwarding headers, then the route's rules.
-    fn outgoing(&self, req: &pingora::http::RequestHeader, route: &Route, peer: Option<IpAddr>, body: Bytes) -> Outgoing {
+    fn outgoing(
+        &self,
+        req: &pingora::http::RequestHeader,
+        route: &Route,
+        peer: Option<IpAddr>,
+        body: Bytes,
+    ) -> Outgoing {
         let secret_header = route.secret.as_ref().map(|s| &s.header);
-        let mut list: Vec<(HeaderName, HeaderValue)> = headers::forwardable(&req.headers, secret_header)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let mut list: Vec<(HeaderName, HeaderValue)> =
+            headers::forwardable(&req.headers, secret_header)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
         let peer_s = peer.map(|p| p.to_string()).unwrap_or_default();
         let trusted = peer.is_some_and(|p| self.access.is_trusted(p));
-        if let Ok(v) = HeaderValue::from_str(&headers::forwarded_for(&req.headers, &peer_s, trusted)) {
+        if let Ok(v) =
+            HeaderValue::from_str(&headers::forwarded_for(&req.headers, &peer_s, trusted))
+        {
             list.push((HeaderName::from_static("x-forwarded-for"), v));
         }
         let proto = req
@@ -315,13 +351,19 @@ impl Gateway {
                 list.push((name.clone(), v.clone()));
             }
         });
-        Outgoing { headers: list, body }
+        Outgoing {
+            headers: list,
+            body,
+        }
     }
 
     fn account(&self, f: &Facts, h: &Handled, started: Instant, written: bool) {
         let route = f.route.as_ref().map_or(NO_ROUTE, |e| e.route.name.as_str());
         let elapsed = started.elapsed();
-        self.metrics.requests.with_label_values(&[route, f.outcome]).inc();
+        self.metrics
+            .requests
+            .with_label_values(&[route, f.outcome])
+            .inc();
         self.metrics
             .request_duration
             .with_label_values(&[route])
@@ -345,7 +387,10 @@ impl Gateway {
 }
 
 fn error_headers(r: &Rejection) -> Vec<(HeaderName, HeaderValue)> {
-    let mut h = vec![(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))];
+    let mut h = vec![(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    )];
     if matches!(r, Rejection::MethodNotAllowed) {
         h.push((header::ALLOW, HeaderValue::from_static("POST")));
     }
@@ -389,7 +434,9 @@ async fn read_body(s: &mut ServerSession, limits: Limits) -> Result<Bytes, Rejec
             Ok(Err(e)) => {
                 return Err(match e.etype() {
                     pingora::ErrorType::ReadTimedout => Rejection::BodyTimeout,
-                    _ => Rejection::BadRequest("the body is cut short or its framing is invalid".into()),
+                    _ => Rejection::BadRequest(
+                        "the body is cut short or its framing is invalid".into(),
+                    ),
                 })
             }
             Ok(Ok(None)) => break,
@@ -430,7 +477,10 @@ async fn respond(s: &mut ServerSession, h: &Handled) -> bool {
             return false;
         }
     }
-    if resp.insert_header(header::CONTENT_LENGTH, h.body.len().to_string()).is_err() {
+    if resp
+        .insert_header(header::CONTENT_LENGTH, h.body.len().to_string())
+        .is_err()
+    {
         return false;
     }
     if s.write_response_header(Box::new(resp)).await.is_err() {

@@ -32,7 +32,11 @@ pub enum StartError {
 
 /// Build the pingora server for a validated config. `metrics` and `lifecycle`
 /// are shared with the caller (tests and embedders read them).
-pub fn build(cfg: &Config, metrics: Arc<Metrics>, lifecycle: Arc<Lifecycle>) -> Result<Server, StartError> {
+pub fn build(
+    cfg: &Config,
+    metrics: Arc<Metrics>,
+    lifecycle: Arc<Lifecycle>,
+) -> Result<Server, StartError> {
     // hookgate drains itself (lifecycle::Signals) and exits when idle; pingora's
     // grace only bounds it.
     let conf = ServerConf {
@@ -113,7 +117,9 @@ fn is_listening(port: u16) -> bool {
     let needle = format!(":{port:04X} ");
     let mut any_file = false;
     for f in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(f) else { continue };
+        let Ok(text) = std::fs::read_to_string(f) else {
+            continue;
+        };
         any_file = true;
         // sl local_address rem_address st ...; st 0A = LISTEN
         if text.lines().skip(1).any(|l| {
@@ -130,7 +136,11 @@ fn is_listening(port: u16) -> bool {
 
 /// Fail early and clearly when an address cannot be bound (in use, no permission).
 pub fn check_bindable(cfg: &Config) -> Result<(), StartError> {
-    let all = cfg.server.listen.iter().chain(std::iter::once(&cfg.metrics_listen));
+    let all = cfg
+        .server
+        .listen
+        .iter()
+        .chain(std::iter::once(&cfg.metrics_listen));
     for addr in all {
         if let Err(e) = std::net::TcpListener::bind(addr) {
             return Err(StartError::Listener {
@@ -171,12 +181,21 @@ struct OpsApp {
 impl ServeHttp for OpsApp {
     async fn response(&self, s: &mut ServerSession) -> http::Response<Vec<u8>> {
         let path = s.req_header().uri.path().to_string();
-        let get = s.req_header().method == http::Method::GET || s.req_header().method == http::Method::HEAD;
+        let get = s.req_header().method == http::Method::GET
+            || s.req_header().method == http::Method::HEAD;
         let (status, ctype, body) = match (get, path.as_str()) {
-            (true, "/metrics") => (200, "text/plain; version=0.0.4; charset=utf-8", self.metrics.render()),
+            (true, "/metrics") => (
+                200,
+                "text/plain; version=0.0.4; charset=utf-8",
+                self.metrics.render(),
+            ),
             (true, "/healthz") => (200, "text/plain", b"ok\n".to_vec()),
-            (true, "/readyz") if self.lifecycle.is_ready() => (200, "text/plain", b"ready\n".to_vec()),
-            (true, "/readyz") if self.lifecycle.draining() => (503, "text/plain", b"draining\n".to_vec()),
+            (true, "/readyz") if self.lifecycle.is_ready() => {
+                (200, "text/plain", b"ready\n".to_vec())
+            }
+            (true, "/readyz") if self.lifecycle.draining() => {
+                (503, "text/plain", b"draining\n".to_vec())
+            }
             (true, "/readyz") => (503, "text/plain", b"starting\n".to_vec()),
             (false, _) => (405, "text/plain", b"method not allowed\n".to_vec()),
             _ => (404, "text/plain", b"not found\n".to_vec()),

@@ -65,7 +65,10 @@ pub struct Destination {
 }
 
 enum Kind {
-    Http { targets: Vec<(HttpTarget, HttpPeer)>, next: AtomicUsize },
+    Http {
+        targets: Vec<(HttpTarget, HttpPeer)>,
+        next: AtomicUsize,
+    },
     File(Arc<FileWriter>),
 }
 
@@ -91,10 +94,17 @@ impl Deliverer {
     }
 
     /// Build a route's destination; creates the parent folder of a `file:` upstream.
-    pub fn destination(&mut self, upstream: &Upstream, timeout: Duration) -> std::io::Result<Destination> {
+    pub fn destination(
+        &mut self,
+        upstream: &Upstream,
+        timeout: Duration,
+    ) -> std::io::Result<Destination> {
         let kind = match upstream {
             Upstream::Http(targets) => Kind::Http {
-                targets: targets.iter().map(|t| (t.clone(), peer_for(t, timeout))).collect(),
+                targets: targets
+                    .iter()
+                    .map(|t| (t.clone(), peer_for(t, timeout)))
+                    .collect(),
                 next: AtomicUsize::new(0),
             },
             Upstream::File(FileSink { path }) => {
@@ -102,7 +112,10 @@ impl Deliverer {
                     std::fs::create_dir_all(dir)?;
                 }
                 // Open once now so a bad path fails at start, not on the first webhook.
-                std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?;
                 let w = self
                     .files
                     .entry(path.clone())
@@ -120,7 +133,12 @@ impl Deliverer {
     }
 
     /// Deliver `req` to `dest` within the route's timeout.
-    pub async fn deliver(&self, dest: &Destination, path_hint: &str, req: Outgoing) -> Result<(Answer, u32), Failure> {
+    pub async fn deliver(
+        &self,
+        dest: &Destination,
+        path_hint: &str,
+        req: Outgoing,
+    ) -> Result<(Answer, u32), Failure> {
         match &dest.kind {
             Kind::File(w) => w.append(&req.body).await.map(|a| (a, 0)),
             Kind::Http { targets, next } => {
@@ -129,7 +147,9 @@ impl Deliverer {
                 let mut last = Failure::Unavailable("no upstream".into());
                 let mut retries = 0;
                 for i in 0..targets.len() {
-                    let Some((target, peer)) = targets.get((start + i) % targets.len()) else { break };
+                    let Some((target, peer)) = targets.get((start + i) % targets.len()) else {
+                        break;
+                    };
                     let remaining = deadline.saturating_duration_since(Instant::now());
                     if remaining.is_zero() {
                         return Err(Failure::Timeout);
@@ -137,7 +157,12 @@ impl Deliverer {
                     if i > 0 {
                         retries += 1;
                     }
-                    match tokio::time::timeout(remaining, self.exchange(target, peer, path_hint, &req)).await {
+                    match tokio::time::timeout(
+                        remaining,
+                        self.exchange(target, peer, path_hint, &req),
+                    )
+                    .await
+                    {
                         Err(_) => return Err(Failure::Timeout),
                         Ok(Ok(a)) => return Ok((a, retries)),
                         Ok(Err(Attempt::Connect(f))) => last = f,
@@ -149,23 +174,35 @@ impl Deliverer {
         }
     }
 
-    async fn exchange(&self, target: &HttpTarget, peer: &HttpPeer, _path_hint: &str, req: &Outgoing) -> Result<Answer, Attempt> {
+    async fn exchange(
+        &self,
+        target: &HttpTarget,
+        peer: &HttpPeer,
+        _path_hint: &str,
+        req: &Outgoing,
+    ) -> Result<Answer, Attempt> {
         let (mut session, _reused) = self
             .connector
             .get_http_session(peer)
             .await
             .map_err(|e| Attempt::Connect(classify(&e)))?;
-        let mut header = RequestHeader::build("POST", target.path.as_bytes(), Some(req.headers.len() + 2))
-            .map_err(|e| Attempt::Exchange(Failure::Unavailable(e.to_string())))?;
+        let mut header =
+            RequestHeader::build("POST", target.path.as_bytes(), Some(req.headers.len() + 2))
+                .map_err(|e| Attempt::Exchange(Failure::Unavailable(e.to_string())))?;
         let ex = |e: Box<pingora::Error>| Attempt::Exchange(classify(&e));
-        header.insert_header(http::header::HOST, &target.authority).map_err(ex)?;
+        header
+            .insert_header(http::header::HOST, &target.authority)
+            .map_err(ex)?;
         for (k, v) in &req.headers {
             header.append_header(k.clone(), v.clone()).map_err(ex)?;
         }
         header
             .insert_header(http::header::CONTENT_LENGTH, req.body.len().to_string())
             .map_err(ex)?;
-        session.write_request_header(Box::new(header)).await.map_err(ex)?;
+        session
+            .write_request_header(Box::new(header))
+            .await
+            .map_err(ex)?;
         if !req.body.is_empty() {
             session.write_body(&req.body).await.map_err(ex)?;
         }
@@ -179,7 +216,9 @@ impl Deliverer {
         let mut body = BytesMut::new();
         while let Some(chunk) = session.read_body_bytes().await.map_err(ex)? {
             if body.len() + chunk.len() > MAX_RESPONSE_BODY {
-                return Err(Attempt::Exchange(Failure::Unavailable("response body too large".into())));
+                return Err(Attempt::Exchange(Failure::Unavailable(
+                    "response body too large".into(),
+                )));
             }
             body.extend_from_slice(&chunk);
         }
@@ -250,7 +289,10 @@ impl FileWriter {
             return Err(Failure::Unavailable(format!("archive file: {}", e.kind())));
         }
         let mut headers = http::HeaderMap::new();
-        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         Ok(Answer {
             status: 202,
             headers,
@@ -292,6 +334,9 @@ mod tests {
     #[test]
     fn compact_keeps_strings() {
         let j = b"{\n  \"a\" : \"x y\\\" \\n z\",\n  \"b\": [1, 2.50]\n}\n";
-        assert_eq!(compact_json_line(j), b"{\"a\":\"x y\\\" \\n z\",\"b\":[1,2.50]}".to_vec());
+        assert_eq!(
+            compact_json_line(j),
+            b"{\"a\":\"x y\\\" \\n z\",\"b\":[1,2.50]}".to_vec()
+        );
     }
 }

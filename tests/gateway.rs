@@ -26,15 +26,26 @@ fn disallowed_peer_is_dropped_at_accept() {
     let mut buf = Vec::new();
     // Dropped before any HTTP: no byte of answer, just a closed connection.
     let _ = s.read_to_end(&mut buf);
-    assert!(buf.is_empty(), "got an answer: {}", String::from_utf8_lossy(&buf));
+    assert!(
+        buf.is_empty(),
+        "got an answer: {}",
+        String::from_utf8_lossy(&buf)
+    );
     assert_eq!(up.count(), 0);
-    assert!(wait_until(Duration::from_secs(2), || gw.metric("hookgate_connections_rejected_total") >= 1.0));
+    assert!(wait_until(Duration::from_secs(2), || gw
+        .metric("hookgate_connections_rejected_total")
+        >= 1.0));
 }
 
 #[test]
 fn trusted_proxy_rules_for_forwarded_for() {
     let up = Upstream::start(ok_answer());
-    let cfg = config_for(&upstream_cfg(&up, "/in"), "", r#"trusted_proxies = ["127.0.0.1/32"]"#).replace(
+    let cfg = config_for(
+        &upstream_cfg(&up, "/in"),
+        "",
+        r#"trusted_proxies = ["127.0.0.1/32"]"#,
+    )
+    .replace(
         r#"allow = ["127.0.0.1/32", "::1/128"]"#,
         r#"allow = ["217.116.118.254/32"]"#,
     );
@@ -42,26 +53,44 @@ fn trusted_proxy_rules_for_forwarded_for() {
     let body = payload(0);
 
     // The load balancer (trusted) says the client is sipgate: allowed.
-    let r = gw.send(&post_bytes("/webhooks/crm", &body, &["X-Forwarded-For: 217.116.118.254"]));
+    let r = gw.send(&post_bytes(
+        "/webhooks/crm",
+        &body,
+        &["X-Forwarded-For: 217.116.118.254"],
+    ));
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(up.count(), 1);
     let got = &up.requests()[0];
-    assert_eq!(got.header("x-forwarded-for"), Some("217.116.118.254, 127.0.0.1"));
+    assert_eq!(
+        got.header("x-forwarded-for"),
+        Some("217.116.118.254, 127.0.0.1")
+    );
 
     // A forged entry to the left of the real client does not help.
-    let r = gw.send(&post_bytes("/webhooks/crm", &body, &["X-Forwarded-For: 217.116.118.254, 198.51.100.9"]));
+    let r = gw.send(&post_bytes(
+        "/webhooks/crm",
+        &body,
+        &["X-Forwarded-For: 217.116.118.254, 198.51.100.9"],
+    ));
     assert_eq!((r.status, r.error_code().as_str()), (403, "ip_not_allowed"));
 
     // Several headers are one list, in order: the right-most untrusted entry counts.
     let r = gw.send(&post_bytes(
         "/webhooks/crm",
         &body,
-        &["X-Forwarded-For: 217.116.118.254", "X-Forwarded-For: 198.51.100.9"],
+        &[
+            "X-Forwarded-For: 217.116.118.254",
+            "X-Forwarded-For: 198.51.100.9",
+        ],
     ));
     assert_eq!(r.status, 403);
 
     // Garbage where the client should be: unknown client, denied.
-    let r = gw.send(&post_bytes("/webhooks/crm", &body, &["X-Forwarded-For: 217.116.118.254, bogus"]));
+    let r = gw.send(&post_bytes(
+        "/webhooks/crm",
+        &body,
+        &["X-Forwarded-For: 217.116.118.254, bogus"],
+    ));
     assert_eq!(r.status, 403);
 
     // No header: the client is the proxy itself, not allowed. Answered, not dropped.
@@ -74,12 +103,21 @@ fn trusted_proxy_rules_for_forwarded_for() {
 fn forged_forwarded_for_from_untrusted_peer_changes_nothing() {
     let up = Upstream::start(ok_answer());
     // 127.0.0.1 is NOT a trusted proxy here.
-    let cfg = config_for(&upstream_cfg(&up, "/in"), "", r#"trusted_proxies = ["10.0.0.0/8"]"#).replace(
+    let cfg = config_for(
+        &upstream_cfg(&up, "/in"),
+        "",
+        r#"trusted_proxies = ["10.0.0.0/8"]"#,
+    )
+    .replace(
         r#"allow = ["127.0.0.1/32", "::1/128"]"#,
         r#"allow = ["217.116.118.254/32"]"#,
     );
     let gw = Gateway::start(&cfg);
-    let r = gw.send(&post_bytes("/webhooks/crm", &payload(0), &["X-Forwarded-For: 217.116.118.254"]));
+    let r = gw.send(&post_bytes(
+        "/webhooks/crm",
+        &payload(0),
+        &["X-Forwarded-For: 217.116.118.254"],
+    ));
     assert_eq!((r.status, r.error_code().as_str()), (403, "ip_not_allowed"));
     assert_eq!(up.count(), 0);
 }
@@ -88,7 +126,11 @@ fn forged_forwarded_for_from_untrusted_peer_changes_nothing() {
 fn forged_forwarded_for_is_not_passed_upstream() {
     let up = Upstream::start(ok_answer());
     let gw = Gateway::start(&config_for(&upstream_cfg(&up, "/in"), "", ""));
-    let r = gw.send(&post_bytes("/webhooks/crm", &payload(0), &["X-Forwarded-For: 217.116.118.254"]));
+    let r = gw.send(&post_bytes(
+        "/webhooks/crm",
+        &payload(0),
+        &["X-Forwarded-For: 217.116.118.254"],
+    ));
     assert_eq!(r.status, 200);
     let got = &up.requests()[0];
     assert_eq!(got.header("x-forwarded-for"), Some("127.0.0.1"));
@@ -103,8 +145,10 @@ fn ipv6_peer_is_allowed_by_ipv6_entry() {
         return;
     }
     let up = Upstream::start(ok_answer());
-    let cfg = config_for(&upstream_cfg(&up, "/in"), "", "")
-        .replace(r#"allow = ["127.0.0.1/32", "::1/128"]"#, r#"allow = ["::1/128"]"#);
+    let cfg = config_for(&upstream_cfg(&up, "/in"), "", "").replace(
+        r#"allow = ["127.0.0.1/32", "::1/128"]"#,
+        r#"allow = ["::1/128"]"#,
+    );
     let gw = Gateway::start_with(&cfg, &[], "::1");
     let r = gw.post("/webhooks/crm", &payload(0));
     assert_eq!(r.status, 200, "{r:?}");
@@ -119,12 +163,17 @@ fn ipv4_mapped_peer_counts_as_ipv4() {
     }
     let up = Upstream::start(ok_answer());
     // Dual-stack listener: an IPv4 client appears as ::ffff:127.0.0.1.
-    let cfg = config_for(&upstream_cfg(&up, "/in"), "", "")
-        .replace(r#"allow = ["127.0.0.1/32", "::1/128"]"#, r#"allow = ["127.0.0.1/32"]"#);
+    let cfg = config_for(&upstream_cfg(&up, "/in"), "", "").replace(
+        r#"allow = ["127.0.0.1/32", "::1/128"]"#,
+        r#"allow = ["127.0.0.1/32"]"#,
+    );
     let gw = Gateway::start_with(&cfg, &[], "::");
     let r = gw.post("/webhooks/crm", &payload(0));
     assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(up.requests()[0].header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(
+        up.requests()[0].header("x-forwarded-for"),
+        Some("127.0.0.1")
+    );
 }
 
 // ------------------------------------------------------------ routing
@@ -136,22 +185,36 @@ fn routing_errors() {
     let body = payload(0);
 
     let r = gw.post("/webhooks/other", &body);
-    assert_eq!((r.status, r.error_code().as_str()), (404, "route_not_found"));
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (404, "route_not_found")
+    );
     // Exact match only.
     let r = gw.post("/webhooks/crm/", &body);
     assert_eq!(r.status, 404);
 
     let r = gw.send(b"GET /webhooks/crm HTTP/1.1\r\nHost: x\r\n\r\n");
-    assert_eq!((r.status, r.error_code().as_str()), (405, "method_not_allowed"));
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (405, "method_not_allowed")
+    );
     assert_eq!(r.header("allow"), Some("POST"));
 
     let mut req = post_bytes("/webhooks/crm", &body, &[]);
-    let text = String::from_utf8(req.clone()).unwrap().replace("application/json", "text/plain");
+    let text = String::from_utf8(req.clone())
+        .unwrap()
+        .replace("application/json", "text/plain");
     req = text.into_bytes();
     let r = gw.send(&req);
-    assert_eq!((r.status, r.error_code().as_str()), (415, "unsupported_media_type"));
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (415, "unsupported_media_type")
+    );
 
-    let no_type = format!("POST /webhooks/crm HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", body.len());
+    let no_type = format!(
+        "POST /webhooks/crm HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
     let mut req = no_type.into_bytes();
     req.extend_from_slice(&body);
     assert_eq!(gw.send(&req).status, 415);
@@ -184,7 +247,10 @@ fn bodies_of_every_size_arrive_intact() {
         let got = up.requests().pop().unwrap();
         assert_eq!(got.body.len(), size);
         assert!(got.body == body, "size {size}: body changed");
-        assert_eq!(got.header("content-length"), Some(size.to_string().as_str()));
+        assert_eq!(
+            got.header("content-length"),
+            Some(size.to_string().as_str())
+        );
     }
 }
 
@@ -198,7 +264,10 @@ fn chunked_bodies_arrive_with_content_length() {
         assert_eq!(r.status, 200, "size {size}: {r:?}");
         let got = up.requests().pop().unwrap();
         assert!(got.body == body, "size {size}: body changed");
-        assert_eq!(got.header("content-length"), Some(size.to_string().as_str()));
+        assert_eq!(
+            got.header("content-length"),
+            Some(size.to_string().as_str())
+        );
         assert_eq!(got.header("transfer-encoding"), None);
     }
 }
@@ -206,7 +275,8 @@ fn chunked_bodies_arrive_with_content_length() {
 #[test]
 fn body_over_the_limit_is_413() {
     let up = Upstream::start(ok_answer());
-    let cfg = config_for(&upstream_cfg(&up, "/in"), "", "").replace("max_body_bytes = 1048576", "max_body_bytes = 100000");
+    let cfg = config_for(&upstream_cfg(&up, "/in"), "", "")
+        .replace("max_body_bytes = 1048576", "max_body_bytes = 100000");
     let gw = Gateway::start(&cfg);
     let exact = payload(100_000);
     assert_eq!(gw.post("/webhooks/crm", &exact).status, 200);
@@ -225,7 +295,11 @@ fn body_over_the_limit_is_413() {
 #[test]
 fn per_route_limit_overrides_global() {
     let up = Upstream::start(ok_answer());
-    let gw = Gateway::start(&config_for(&upstream_cfg(&up, "/in"), "max_body_bytes = 2000", ""));
+    let gw = Gateway::start(&config_for(
+        &upstream_cfg(&up, "/in"),
+        "max_body_bytes = 2000",
+        "",
+    ));
     assert_eq!(gw.post("/webhooks/crm", &payload(2001)).status, 413);
     assert_eq!(gw.post("/webhooks/crm", &payload(2000)).status, 200);
 }
@@ -233,14 +307,19 @@ fn per_route_limit_overrides_global() {
 #[test]
 fn stalled_body_is_408_and_nothing_is_forwarded() {
     let up = Upstream::start(ok_answer());
-    let cfg = config_for(&upstream_cfg(&up, "/in"), "", "").replace("body_timeout_ms = 2000", "body_timeout_ms = 400");
+    let cfg = config_for(&upstream_cfg(&up, "/in"), "", "")
+        .replace("body_timeout_ms = 2000", "body_timeout_ms = 400");
     let gw = Gateway::start(&cfg);
     let mut s = connect(gw.addr);
     s.write_all(b"POST /webhooks/crm HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"version\":").unwrap();
     let t = Instant::now();
     let r = read_response(&mut s).unwrap();
     assert_eq!((r.status, r.error_code().as_str()), (408, "body_timeout"));
-    assert!(t.elapsed() >= Duration::from_millis(350), "answered too early: {:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(350),
+        "answered too early: {:?}",
+        t.elapsed()
+    );
     assert_eq!(r.header("connection"), Some("close"));
     // A chunked body that stops mid-way.
     let mut s = connect(gw.addr);
@@ -278,7 +357,11 @@ fn expect_continue_is_answered() {
     s.write_all(head.as_bytes()).unwrap();
     let mut first = [0u8; 25];
     s.read_exact(&mut first).unwrap();
-    assert!(first.starts_with(b"HTTP/1.1 100"), "{}", String::from_utf8_lossy(&first));
+    assert!(
+        first.starts_with(b"HTTP/1.1 100"),
+        "{}",
+        String::from_utf8_lossy(&first)
+    );
     s.write_all(&body).unwrap();
     let r = read_response(&mut s).unwrap();
     assert_eq!(r.status, 200, "{r:?}");
@@ -291,7 +374,10 @@ fn expect_continue_is_answered() {
 fn forwarding_headers_path_and_answer() {
     let up = Upstream::start(Behavior::Answer {
         status: 201,
-        headers: vec![("X-Upstream".into(), "yes".into()), ("Connection".into(), "keep-alive".into())],
+        headers: vec![
+            ("X-Upstream".into(), "yes".into()),
+            ("Connection".into(), "keep-alive".into()),
+        ],
         body: b"{\"created\":1}".to_vec(),
     });
     let route = r#"
@@ -299,7 +385,11 @@ fn forwarding_headers_path_and_answer() {
 set = { "Authorization" = "Bearer ${CRM_TOKEN}", "X-Source" = "sipgate" }
 remove = ["Cookie", "X-Drop-Me"]
 "#;
-    let cfg = config_for(&format!("\"{}\"", up.url("/internal/sipgate?k=v")), route, "");
+    let cfg = config_for(
+        &format!("\"{}\"", up.url("/internal/sipgate?k=v")),
+        route,
+        "",
+    );
     let gw = Gateway::start_with(&cfg, &[("CRM_TOKEN", "t0k3n")], "127.0.0.1");
     let r = gw.send(&post_bytes(
         "/webhooks/crm",
@@ -325,7 +415,11 @@ remove = ["Cookie", "X-Drop-Me"]
     assert_eq!(got.header("x-source"), Some("sipgate"));
     assert_eq!(got.header("cookie"), None);
     assert_eq!(got.header("x-drop-me"), None);
-    assert_eq!(got.header("x-hop"), None, "nominated hop-by-hop header leaked");
+    assert_eq!(
+        got.header("x-hop"),
+        None,
+        "nominated hop-by-hop header leaked"
+    );
     assert_eq!(got.header("keep-alive"), None);
     assert_eq!(got.header("x-custom"), Some("kept"));
     assert_eq!(got.header("host"), Some(up.addr.to_string().as_str()));
@@ -340,16 +434,26 @@ fn upstream_connections_are_reused() {
         assert_eq!(gw.post("/webhooks/crm", &payload(0)).status, 200);
     }
     assert_eq!(up.count(), 5);
-    assert!(up.connections.load(std::sync::atomic::Ordering::SeqCst) <= 2, "connections not reused");
+    assert!(
+        up.connections.load(std::sync::atomic::Ordering::SeqCst) <= 2,
+        "connections not reused"
+    );
 }
 
 #[test]
 fn upstream_down_is_502() {
     let dead = free_port();
     let up = Upstream::start(ok_answer());
-    let gw = Gateway::start(&config_for(&format!("\"http://127.0.0.1:{dead}/in\""), "", ""));
+    let gw = Gateway::start(&config_for(
+        &format!("\"http://127.0.0.1:{dead}/in\""),
+        "",
+        "",
+    ));
     let r = gw.post("/webhooks/crm", &payload(0));
-    assert_eq!((r.status, r.error_code().as_str()), (502, "upstream_unavailable"));
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (502, "upstream_unavailable")
+    );
     assert_eq!(up.count(), 0);
 }
 
@@ -359,8 +463,15 @@ fn slow_upstream_is_504() {
     let gw = Gateway::start(&config_for(&upstream_cfg(&up, "/in"), "", ""));
     let t = Instant::now();
     let r = gw.post("/webhooks/crm", &payload(0));
-    assert_eq!((r.status, r.error_code().as_str()), (504, "upstream_timeout"));
-    assert!(t.elapsed() < Duration::from_millis(2900), "timeout_ms not applied: {:?}", t.elapsed());
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (504, "upstream_timeout")
+    );
+    assert!(
+        t.elapsed() < Duration::from_millis(2900),
+        "timeout_ms not applied: {:?}",
+        t.elapsed()
+    );
 }
 
 #[test]
@@ -368,10 +479,16 @@ fn resetting_or_garbage_upstream_is_502() {
     let up = Upstream::start(Behavior::Reset);
     let gw = Gateway::start(&config_for(&upstream_cfg(&up, "/in"), "", ""));
     let r = gw.post("/webhooks/crm", &payload(0));
-    assert_eq!((r.status, r.error_code().as_str()), (502, "upstream_unavailable"));
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (502, "upstream_unavailable")
+    );
     up.set_behavior(Behavior::Garbage);
     let r = gw.post("/webhooks/crm", &payload(0));
-    assert_eq!((r.status, r.error_code().as_str()), (502, "upstream_unavailable"));
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (502, "upstream_unavailable")
+    );
 }
 
 #[test]
@@ -395,9 +512,17 @@ fn retry_only_when_nothing_reached_the_upstream() {
     for _ in 0..4 {
         statuses.push(gw.post("/webhooks/crm", &payload(0)).status);
     }
-    assert_eq!(statuses.iter().filter(|s| **s == 502).count(), 2, "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 502).count(),
+        2,
+        "{statuses:?}"
+    );
     assert_eq!(resetting.count(), 2);
-    assert_eq!(other.count(), 2, "a request that reached one upstream was sent to another");
+    assert_eq!(
+        other.count(),
+        2,
+        "a request that reached one upstream was sent to another"
+    );
 }
 
 #[test]
@@ -442,7 +567,10 @@ fn invalid_json_and_schema_violations_never_reach_upstream() {
     let r = gw.post("/webhooks/crm", b"");
     assert_eq!(r.status, 400);
     let r = gw.post("/webhooks/crm", br#"{"version":"v1","call":{"id":"x"}}"#);
-    assert_eq!((r.status, r.error_code().as_str()), (422, "schema_violation"));
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (422, "schema_violation")
+    );
     let details = r.json()["details"].as_array().unwrap().clone();
     assert!(details.iter().any(|d| d["path"] == "/call"), "{details:?}");
     assert_eq!(up.count(), 0);
@@ -451,14 +579,18 @@ fn invalid_json_and_schema_violations_never_reach_upstream() {
 #[test]
 fn transcription_strip_reaches_upstream_without_transcript() {
     let up = Upstream::start(ok_answer());
-    let cfg = config_for(&upstream_cfg(&up, "/in"), "", "").replace("transcription = \"keep\"", "transcription = \"strip\"");
+    let cfg = config_for(&upstream_cfg(&up, "/in"), "", "")
+        .replace("transcription = \"keep\"", "transcription = \"strip\"");
     let gw = Gateway::start(&cfg);
     let r = gw.post("/webhooks/crm", &payload(0));
     assert_eq!(r.status, 200);
     let got: serde_json::Value = serde_json::from_slice(&up.requests()[0].body).unwrap();
     assert!(got["assist"].get("transcription").is_none());
     assert!(got["assist"]["summary"].is_object());
-    assert_eq!(up.requests()[0].header("content-length"), Some(up.requests()[0].body.len().to_string().as_str()));
+    assert_eq!(
+        up.requests()[0].header("content-length"),
+        Some(up.requests()[0].body.len().to_string().as_str())
+    );
 }
 
 // ------------------------------------------------------------ accounting
@@ -470,19 +602,44 @@ fn access_log_and_metrics_count_every_request_without_personal_data() {
     assert_eq!(gw.post("/webhooks/crm", &payload(0)).status, 200);
     assert_eq!(gw.post("/nope", &payload(0)).status, 404);
     assert_eq!(gw.post("/webhooks/crm", b"[").status, 400);
-    assert!(wait_until(Duration::from_secs(2), || gw.log().matches("hookgate::access").count() >= 3));
+    assert!(wait_until(Duration::from_secs(2), || gw
+        .log()
+        .matches("hookgate::access")
+        .count()
+        >= 3));
     let log = gw.log();
     assert!(log.contains("outcome=forwarded"), "{log}");
     assert!(log.contains("outcome=route_not_found"), "{log}");
-    assert!(log.contains("call_id=\"123e4567-e89b-12d3-a456-426614174000\""), "{log}");
-    for secret in ["+4921161234567", "4921161234567", "delayed order", "Good day", "B-2024-1234"] {
+    assert!(
+        log.contains("call_id=\"123e4567-e89b-12d3-a456-426614174000\""),
+        "{log}"
+    );
+    for secret in [
+        "+4921161234567",
+        "4921161234567",
+        "delayed order",
+        "Good day",
+        "B-2024-1234",
+    ] {
         assert!(!log.contains(secret), "personal data {secret:?} in the log");
     }
     let m = gw.metrics_text();
-    assert!(m.contains(r#"hookgate_requests_total{outcome="forwarded",route="crm"} 1"#), "{m}");
-    assert!(m.contains(r#"hookgate_requests_total{outcome="route_not_found",route="none"} 1"#), "{m}");
-    assert!(m.contains(r#"hookgate_requests_total{outcome="invalid_json",route="crm"} 1"#), "{m}");
-    assert!(m.contains(r#"hookgate_upstream_responses_total{route="crm",status="2xx"} 1"#), "{m}");
+    assert!(
+        m.contains(r#"hookgate_requests_total{outcome="forwarded",route="crm"} 1"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"hookgate_requests_total{outcome="route_not_found",route="none"} 1"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"hookgate_requests_total{outcome="invalid_json",route="crm"} 1"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"hookgate_upstream_responses_total{route="crm",status="2xx"} 1"#),
+        "{m}"
+    );
     assert!(!m.contains("4921161234567"));
 }
 
@@ -509,9 +666,14 @@ fn sigterm_finishes_requests_in_flight_then_exits() {
             Err(_) => break,
         }
     }
-    let r = inflight.join().unwrap().expect("the request in flight was cut");
+    let r = inflight
+        .join()
+        .unwrap()
+        .expect("the request in flight was cut");
     assert_eq!(r.status, 200);
-    let took = gw.wait_exit(Duration::from_secs(3)).expect("did not exit within the grace");
+    let took = gw
+        .wait_exit(Duration::from_secs(3))
+        .expect("did not exit within the grace");
     assert!(saw_draining, "readyz never reported draining");
     assert!(took < Duration::from_secs(3));
     assert!(gw.log().contains("SIGTERM"));

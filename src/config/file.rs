@@ -276,5 +276,79 @@ pub struct FileConfig {
     pub routes: Vec<RouteSection>,
 }
 
+/// Keys of each table, for reporting every unknown key at once (serde stops at
+/// the first). A test checks them against the structs.
+pub const SERVER_KEYS: &[&str] = &[
+    "listen",
+    "threads",
+    "tls",
+    "shutdown_grace_ms",
+    "header_timeout_ms",
+    "keepalive_timeout_ms",
+];
+/// Keys of `[metrics]`.
+pub const METRICS_KEYS: &[&str] = &["listen"];
+/// Keys of `[access]`.
+pub const ACCESS_KEYS: &[&str] = &["allow", "trusted_proxies", "secret"];
+/// Keys of `[limits]`.
+pub const LIMITS_KEYS: &[&str] = &["max_body_bytes", "body_timeout_ms"];
+/// Keys of `[spool]`.
+pub const SPOOL_KEYS: &[&str] = &["dir", "max_bytes"];
+/// Keys of `[log]`.
+pub const LOG_KEYS: &[&str] = &["level", "format"];
+/// Keys of `[[route]]`.
+pub const ROUTE_KEYS: &[&str] = &[
+    "name",
+    "path",
+    "upstream",
+    "schema",
+    "validation",
+    "transcription",
+    "timeout_ms",
+    "delivery",
+    "max_body_bytes",
+    "body_timeout_ms",
+    "secret",
+    "headers",
+];
+
 /// The top-level keys a file may have.
-pub const TOP_LEVEL_KEYS: &[&str] = &["server", "metrics", "access", "limits", "spool", "log", "route"];
+pub const TOP_LEVEL_KEYS: &[&str] = &[
+    "server", "metrics", "access", "limits", "spool", "log", "route",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// serde's own list of a struct's fields, from its unknown-field error.
+    fn serde_fields<T: serde::de::DeserializeOwned>() -> Vec<String> {
+        let mut t = toml::Table::new();
+        t.insert("__unknown__".into(), toml::Value::Integer(1));
+        let e = toml::Value::Table(t)
+            .try_into::<T>()
+            .err()
+            .expect("must fail")
+            .to_string();
+        let list = e
+            .split("expected one of")
+            .nth(1)
+            .or_else(|| e.split("expected").nth(1))
+            .unwrap_or("");
+        list.split(',')
+            .map(|s| s.trim().trim_matches('`').to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
+
+    #[test]
+    fn key_lists_match_the_structs() {
+        assert_eq!(serde_fields::<ServerSection>(), SERVER_KEYS);
+        assert_eq!(serde_fields::<MetricsSection>(), METRICS_KEYS);
+        assert_eq!(serde_fields::<AccessSection>(), ACCESS_KEYS);
+        assert_eq!(serde_fields::<LimitsSection>(), LIMITS_KEYS);
+        assert_eq!(serde_fields::<SpoolSection>(), SPOOL_KEYS);
+        assert_eq!(serde_fields::<LogSection>(), LOG_KEYS);
+        assert_eq!(serde_fields::<RouteSection>(), ROUTE_KEYS);
+    }
+}

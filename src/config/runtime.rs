@@ -17,7 +17,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-
 /// Where `${NAME}` values come from; tests inject their own.
 pub trait Env {
     /// The variable's value, if set.
@@ -100,7 +99,12 @@ pub struct Secret {
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the values.
-        write!(f, "Secret {{ header: {}, values: {} }}", self.header, self.values.len())
+        write!(
+            f,
+            "Secret {{ header: {}, values: {} }}",
+            self.header,
+            self.values.len()
+        )
     }
 }
 
@@ -235,17 +239,48 @@ impl Builder<'_> {
         });
     }
 
-    /// Deserialize one section, recording the error instead of stopping.
-    fn section<T: DeserializeOwned + Default>(&mut self, table: &toml::Table, key: &str) -> T {
+    /// Report every unknown key of a table, then deserialize what is left, so a
+    /// typo does not hide the other mistakes of the same table.
+    fn typed<T: DeserializeOwned>(
+        &mut self,
+        at: &str,
+        value: &toml::Value,
+        keys: &[&str],
+    ) -> Option<T> {
+        let mut value = value.clone();
+        if let toml::Value::Table(t) = &mut value {
+            let unknown: Vec<String> = t
+                .keys()
+                .filter(|k| !keys.contains(&k.as_str()))
+                .cloned()
+                .collect();
+            for k in unknown {
+                self.err(
+                    format!("{at}.{k}"),
+                    format!("unknown key, expected one of {}", keys.join(", ")),
+                );
+                t.remove(&k);
+            }
+        }
+        match value.try_into::<T>() {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.err(at, clean_serde(&e.to_string()));
+                None
+            }
+        }
+    }
+
+    /// Deserialize one section, recording the errors instead of stopping.
+    fn section<T: DeserializeOwned + Default>(
+        &mut self,
+        table: &toml::Table,
+        key: &str,
+        keys: &[&str],
+    ) -> T {
         match table.get(key) {
             None => T::default(),
-            Some(v) => match v.clone().try_into::<T>() {
-                Ok(t) => t,
-                Err(e) => {
-                    self.err(format!("[{key}]"), clean_serde(&e.to_string()));
-                    T::default()
-                }
-            },
+            Some(v) => self.typed(key, v, keys).unwrap_or_default(),
         }
     }
 
@@ -255,7 +290,10 @@ impl Builder<'_> {
             Err(e) => {
                 let at = match e.span() {
                     Some(span) => {
-                        let line = text.get(..span.start).map_or(0, |t| t.matches('\n').count()) + 1;
+                        let line = text
+                            .get(..span.start)
+                            .map_or(0, |t| t.matches('\n').count())
+                            + 1;
                         format!("line {line}")
                     }
                     None => "file".into(),
@@ -268,32 +306,35 @@ impl Builder<'_> {
             if !TOP_LEVEL_KEYS.contains(&key.as_str()) {
                 self.err(
                     key.clone(),
-                    format!("unknown section `{key}`, expected one of {}", TOP_LEVEL_KEYS.join(", ")),
+                    format!(
+                        "unknown section `{key}`, expected one of {}",
+                        TOP_LEVEL_KEYS.join(", ")
+                    ),
                 );
             }
         }
         let mut fc = FileConfig {
-            server: self.section(&table, "server"),
-            metrics: self.section(&table, "metrics"),
-            access: self.section(&table, "access"),
-            limits: self.section(&table, "limits"),
-            log: self.section(&table, "log"),
+            server: self.section(&table, "server", file::SERVER_KEYS),
+            metrics: self.section(&table, "metrics", file::METRICS_KEYS),
+            access: self.section(&table, "access", file::ACCESS_KEYS),
+            limits: self.section(&table, "limits", file::LIMITS_KEYS),
+            log: self.section(&table, "log", file::LOG_KEYS),
             ..FileConfig::default()
         };
         if let Some(spool) = table.get("spool") {
-            match spool.clone().try_into::<file::SpoolSection>() {
-                Ok(s) => fc.spool = Some(s),
-                Err(e) => self.err("[spool]", clean_serde(&e.to_string())),
-            }
+            fc.spool = self.typed("spool", spool, file::SPOOL_KEYS);
         }
         match table.get("route") {
             None => {}
             Some(toml::Value::Array(routes)) => {
                 for (i, r) in routes.iter().enumerate() {
-                    let name = r.get("name").and_then(|n| n.as_str()).map(|n| format!(" {n:?}")).unwrap_or_default();
-                    match r.clone().try_into::<file::RouteSection>() {
-                        Ok(r) => fc.routes.push(r),
-                        Err(e) => self.err(format!("route[{i}]{name}"), clean_serde(&e.to_string())),
+                    let name = r
+                        .get("name")
+                        .and_then(|n| n.as_str())
+                        .map(|n| format!(" {n:?}"))
+                        .unwrap_or_default();
+                    if let Some(r) = self.typed(&format!("route[{i}]{name}"), r, file::ROUTE_KEYS) {
+                        fc.routes.push(r);
                     }
                 }
             }
@@ -315,7 +356,10 @@ impl Builder<'_> {
                     let valid = !name.is_empty()
                         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
                     if !valid {
-                        self.err(at, format!("`${{{name}}}` is not a valid variable reference"));
+                        self.err(
+                            at,
+                            format!("`${{{name}}}` is not a valid variable reference"),
+                        );
                     } else {
                         match self.env.var(name) {
                             Some(v) => out.push_str(&v),
@@ -370,7 +414,10 @@ impl Builder<'_> {
         let header = match HeaderName::from_bytes(s.header.as_bytes()) {
             Ok(h) => h,
             Err(_) => {
-                self.err(format!("{at}.header"), format!("{:?} is not a valid header name", s.header));
+                self.err(
+                    format!("{at}.header"),
+                    format!("{:?} is not a valid header name", s.header),
+                );
                 return None;
             }
         };
@@ -378,9 +425,15 @@ impl Builder<'_> {
         for (i, v) in s.value.iter().chain(s.values.iter()).enumerate() {
             let v = self.expand(&format!("{at}.value[{i}]"), v);
             if v.len() < 16 {
-                self.err(format!("{at}.value[{i}]"), "a secret must be at least 16 characters long");
+                self.err(
+                    format!("{at}.value[{i}]"),
+                    "a secret must be at least 16 characters long",
+                );
             } else if HeaderValue::from_str(&v).is_err() {
-                self.err(format!("{at}.value[{i}]"), "a secret must be printable ASCII, usable as a header value");
+                self.err(
+                    format!("{at}.value[{i}]"),
+                    "a secret must be printable ASCII, usable as a header value",
+                );
             } else {
                 values.push(v.into_bytes());
             }
@@ -413,7 +466,10 @@ impl Builder<'_> {
             let (cert, key) = (self.resolve_path(&cert), self.resolve_path(&key));
             for (k, p) in [("cert", &cert), ("key", &key)] {
                 if !p.is_file() {
-                    self.err(format!("server.tls.{k}"), format!("{} is not a readable file", p.display()));
+                    self.err(
+                        format!("server.tls.{k}"),
+                        format!("{} is not a readable file", p.display()),
+                    );
                 }
             }
             (cert, key)
@@ -421,7 +477,10 @@ impl Builder<'_> {
         for (k, v) in [
             ("server.shutdown_grace_ms", fc.server.shutdown_grace_ms),
             ("server.header_timeout_ms", fc.server.header_timeout_ms),
-            ("server.keepalive_timeout_ms", fc.server.keepalive_timeout_ms),
+            (
+                "server.keepalive_timeout_ms",
+                fc.server.keepalive_timeout_ms,
+            ),
         ] {
             if v > 3_600_000 {
                 self.err(k, "must be at most 3600000 (one hour)");
@@ -448,14 +507,26 @@ impl Builder<'_> {
         }
 
         // [access]
-        let allow_list = fc.access.allow.clone().unwrap_or_else(|| vec![SIPGATE_SOURCE.to_string()]);
+        let allow_list = fc
+            .access
+            .allow
+            .clone()
+            .unwrap_or_else(|| vec![SIPGATE_SOURCE.to_string()]);
         let allow = self.nets("access.allow", &allow_list);
         let trusted = self.nets("access.trusted_proxies", &fc.access.trusted_proxies);
         let access = AccessPolicy::new(allow, trusted);
-        let secret = fc.access.secret.as_ref().and_then(|s| self.secret("access.secret", s));
+        let secret = fc
+            .access
+            .secret
+            .as_ref()
+            .and_then(|s| self.secret("access.secret", s));
 
         // [limits]
-        let limits = self.limits("limits", fc.limits.max_body_bytes, fc.limits.body_timeout_ms);
+        let limits = self.limits(
+            "limits",
+            fc.limits.max_body_bytes,
+            fc.limits.body_timeout_ms,
+        );
 
         // [spool]
         if fc.spool.is_some() {
@@ -473,7 +544,10 @@ impl Builder<'_> {
             }
         };
         if tracing_subscriber::EnvFilter::try_new(&fc.log.level).is_err() {
-            self.err("log.level", format!("{:?} is not a log level or filter directive", fc.log.level));
+            self.err(
+                "log.level",
+                format!("{:?} is not a log level or filter directive", fc.log.level),
+            );
         }
 
         // [[route]]
@@ -486,10 +560,16 @@ impl Builder<'_> {
         for (i, r) in fc.routes.iter().enumerate() {
             let at = format!("route[{i}] {:?}", r.name);
             if let Some(prev) = names.insert(r.name.clone(), i) {
-                self.err(format!("{at}.name"), format!("duplicate route name (also route[{prev}])"));
+                self.err(
+                    format!("{at}.name"),
+                    format!("duplicate route name (also route[{prev}])"),
+                );
             }
             if let Some(prev) = paths.insert(r.path.clone(), i) {
-                self.err(format!("{at}.path"), format!("duplicate path (also route[{prev}])"));
+                self.err(
+                    format!("{at}.path"),
+                    format!("duplicate path (also route[{prev}])"),
+                );
             }
             if let Some(route) = self.route(&at, r, limits, &secret) {
                 routes.push(Arc::new(route));
@@ -511,10 +591,16 @@ impl Builder<'_> {
 
     fn limits(&mut self, at: &str, max_body: u64, body_timeout_ms: u64) -> Limits {
         if max_body == 0 || max_body > 64 * 1024 * 1024 {
-            self.err(format!("{at}.max_body_bytes"), "must be between 1 and 67108864 (64 MiB)");
+            self.err(
+                format!("{at}.max_body_bytes"),
+                "must be between 1 and 67108864 (64 MiB)",
+            );
         }
         if body_timeout_ms == 0 || body_timeout_ms > 600_000 {
-            self.err(format!("{at}.body_timeout_ms"), "must be between 1 and 600000");
+            self.err(
+                format!("{at}.body_timeout_ms"),
+                "must be between 1 and 600000",
+            );
         }
         Limits {
             max_body_bytes: max_body.clamp(1, 64 * 1024 * 1024),
@@ -532,16 +618,28 @@ impl Builder<'_> {
         let mut ok = true;
         if r.name.is_empty()
             || r.name.len() > 64
-            || !r.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+            || !r
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
         {
-            self.err(format!("{at}.name"), "must be 1-64 characters of A-Z a-z 0-9 _ - .");
+            self.err(
+                format!("{at}.name"),
+                "must be 1-64 characters of A-Z a-z 0-9 _ - .",
+            );
             ok = false;
         }
         if r.name == crate::metrics::NO_ROUTE {
-            self.err(format!("{at}.name"), "`none` is reserved for requests that match no route");
+            self.err(
+                format!("{at}.name"),
+                "`none` is reserved for requests that match no route",
+            );
         }
         if !r.path.starts_with('/') || r.path.contains(['?', '#', ' ']) {
-            self.err(format!("{at}.path"), "must start with / and hold no query, fragment or space");
+            self.err(
+                format!("{at}.path"),
+                "must start with / and hold no query, fragment or space",
+            );
             ok = false;
         }
         let upstream = self.upstream(&format!("{at}.upstream"), &r.upstream);
@@ -552,7 +650,10 @@ impl Builder<'_> {
             Some("report") => Validation::Report,
             Some("off") => Validation::Off,
             Some(other) => {
-                self.err(format!("{at}.validation"), format!("{other:?} is not one of enforce, report, off"));
+                self.err(
+                    format!("{at}.validation"),
+                    format!("{other:?} is not one of enforce, report, off"),
+                );
                 Validation::Off
             }
         };
@@ -561,14 +662,20 @@ impl Builder<'_> {
             Some("strip") => Transcription::Strip,
             Some("strip_text") => Transcription::StripText,
             Some(other) => {
-                self.err(format!("{at}.transcription"), format!("{other:?} is not one of keep, strip, strip_text"));
+                self.err(
+                    format!("{at}.transcription"),
+                    format!("{other:?} is not one of keep, strip, strip_text"),
+                );
                 Transcription::Keep
             }
         };
         let schema = match &r.schema {
             None => {
                 if validation != Validation::Off {
-                    self.err(format!("{at}.schema"), "validation enforce/report needs a schema");
+                    self.err(
+                        format!("{at}.schema"),
+                        "validation enforce/report needs a schema",
+                    );
                 }
                 None
             }
@@ -597,14 +704,18 @@ impl Builder<'_> {
                 Delivery::Proxy
             }
             other => {
-                self.err(format!("{at}.delivery"), format!("{other:?} is not one of proxy, spool, proxy_or_spool"));
+                self.err(
+                    format!("{at}.delivery"),
+                    format!("{other:?} is not one of proxy, spool, proxy_or_spool"),
+                );
                 Delivery::Proxy
             }
         };
         let limits = self.limits(
             at,
             r.max_body_bytes.unwrap_or(global_limits.max_body_bytes),
-            r.body_timeout_ms.unwrap_or(global_limits.body_timeout.as_millis() as u64),
+            r.body_timeout_ms
+                .unwrap_or(global_limits.body_timeout.as_millis() as u64),
         );
         let secret = match &r.secret {
             Some(s) => self.secret(&format!("{at}.secret"), s),
@@ -614,7 +725,10 @@ impl Builder<'_> {
         for (k, v) in &r.headers.set {
             let hat = format!("{at}.headers.set.{k}");
             let v = self.expand(&hat, v);
-            match (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(&v)) {
+            match (
+                HeaderName::from_bytes(k.as_bytes()),
+                HeaderValue::from_str(&v),
+            ) {
                 (Ok(n), Ok(v)) => {
                     if crate::headers::is_managed(&n) {
                         self.err(&hat, "this header is managed by hookgate and cannot be set");
@@ -622,13 +736,19 @@ impl Builder<'_> {
                     headers.set.push((n, v))
                 }
                 (Err(_), _) => self.err(&hat, format!("{k:?} is not a valid header name")),
-                (_, Err(_)) => self.err(&hat, "the value is not a valid header value (control characters?)"),
+                (_, Err(_)) => self.err(
+                    &hat,
+                    "the value is not a valid header value (control characters?)",
+                ),
             }
         }
         for (i, k) in r.headers.remove.iter().enumerate() {
             match HeaderName::from_bytes(k.as_bytes()) {
                 Ok(n) => headers.remove.push(n),
-                Err(_) => self.err(format!("{at}.headers.remove[{i}]"), format!("{k:?} is not a valid header name")),
+                Err(_) => self.err(
+                    format!("{at}.headers.remove[{i}]"),
+                    format!("{k:?} is not a valid header name"),
+                ),
             }
         }
         let upstream = upstream?;
@@ -674,7 +794,11 @@ impl Builder<'_> {
         }
         let mut targets = Vec::new();
         for (i, s) in list.iter().enumerate() {
-            let uat = if list.len() > 1 { format!("{at}[{i}]") } else { at.to_string() };
+            let uat = if list.len() > 1 {
+                format!("{at}[{i}]")
+            } else {
+                at.to_string()
+            };
             match parse_http_target(s) {
                 Ok(t) => targets.push(t),
                 Err(e) => self.err(uat, e),
@@ -690,7 +814,11 @@ pub fn parse_http_target(s: &str) -> Result<HttpTarget, String> {
     let tls = match url.scheme() {
         "http" => false,
         "https" => true,
-        other => return Err(format!("scheme {other:?} is not supported (http, https or file:)")),
+        other => {
+            return Err(format!(
+                "scheme {other:?} is not supported (http, https or file:)"
+            ))
+        }
     };
     if !url.username().is_empty() || url.password().is_some() {
         return Err("credentials in the URL are not supported; use [route.headers] set".into());
@@ -698,9 +826,17 @@ pub fn parse_http_target(s: &str) -> Result<HttpTarget, String> {
     if url.fragment().is_some() {
         return Err("a fragment (#...) has no meaning in an upstream URL".into());
     }
-    let host = url.host_str().ok_or_else(|| format!("{s:?} has no host"))?.to_string();
-    let port = url.port_or_known_default().unwrap_or(if tls { 443 } else { 80 });
-    let bare_host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    let host = url
+        .host_str()
+        .ok_or_else(|| format!("{s:?} has no host"))?
+        .to_string();
+    let port = url
+        .port_or_known_default()
+        .unwrap_or(if tls { 443 } else { 80 });
+    let bare_host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
     let addr = (bare_host.as_str(), port)
         .to_socket_addrs()
         .map_err(|e| format!("cannot resolve {host}: {e}"))?
@@ -740,18 +876,35 @@ impl Config {
             s,
             "listen {} ({}), {} thread(s); metrics, /healthz, /readyz on {}",
             listen.join(", "),
-            if self.server.tls.is_some() { "https" } else { "http" },
+            if self.server.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            },
             self.server.threads,
             self.metrics_listen
         );
         let allow: Vec<String> = self.access.allow().iter().map(|n| n.to_string()).collect();
-        let trusted: Vec<String> = self.access.trusted().iter().map(|n| n.to_string()).collect();
+        let trusted: Vec<String> = self
+            .access
+            .trusted()
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
         let _ = writeln!(
             s,
             "allow {}; trusted proxies: {}{}",
             allow.join(", "),
-            if trusted.is_empty() { "none (disallowed peers dropped at accept)".to_string() } else { trusted.join(", ") },
-            if self.secret.is_some() { "; shared secret required" } else { "" }
+            if trusted.is_empty() {
+                "none (disallowed peers dropped at accept)".to_string()
+            } else {
+                trusted.join(", ")
+            },
+            if self.secret.is_some() {
+                "; shared secret required"
+            } else {
+                ""
+            }
         );
         for r in &self.routes {
             let up = match &r.upstream {
@@ -826,7 +979,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cfg.routes[0].headers.set[0].1, "Bearer abc");
-        assert_eq!(cfg.routes[0].upstream, Upstream::File(FileSink { path: "/etc/hookgate/out.jsonl".into() }));
+        assert_eq!(
+            cfg.routes[0].upstream,
+            Upstream::File(FileSink {
+                path: "/etc/hookgate/out.jsonl".into()
+            })
+        );
     }
 
     #[test]
@@ -855,7 +1013,10 @@ set = { "X-T" = "${MISSING}" }
 "#,
         );
         let joined = errors_joined(&errs);
-        assert!(joined.contains("[server]: unknown field `threds`"), "{joined}");
+        assert!(
+            joined.contains("[server]: unknown field `threds`"),
+            "{joined}"
+        );
         assert!(joined.contains("access.allow[0]"), "{joined}");
         assert!(joined.contains("route[0] \"a\".path"), "{joined}");
         assert!(joined.contains("route[0] \"a\".upstream"), "{joined}");
@@ -879,7 +1040,10 @@ set = { "X-T" = "${MISSING}" }
     fn secret_is_checked_constant_time_and_rotates() {
         let s = Secret {
             header: HeaderName::from_static("x-hookgate-secret"),
-            values: vec![b"old-secret-0123456789".to_vec(), b"new-secret-0123456789".to_vec()],
+            values: vec![
+                b"old-secret-0123456789".to_vec(),
+                b"new-secret-0123456789".to_vec(),
+            ],
         };
         assert!(s.accepts(Some(b"old-secret-0123456789")));
         assert!(s.accepts(Some(b"new-secret-0123456789")));

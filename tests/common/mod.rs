@@ -13,7 +13,11 @@ use std::time::{Duration, Instant};
 
 /// A port nothing listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn project_root() -> PathBuf {
@@ -21,7 +25,10 @@ pub fn project_root() -> PathBuf {
 }
 
 pub fn schema_path() -> String {
-    project_root().join("schemas/sipgate-ai-agents-webhook.v1.json").display().to_string()
+    project_root()
+        .join("schemas/sipgate-ai-agents-webhook.v1.json")
+        .display()
+        .to_string()
 }
 
 // ---------------------------------------------------------------- upstream
@@ -44,7 +51,10 @@ impl Received {
             .map(|(_, v)| v.as_str())
     }
     pub fn header_count(&self, name: &str) -> usize {
-        self.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).count()
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .count()
     }
 }
 
@@ -52,7 +62,11 @@ impl Received {
 #[derive(Debug, Clone)]
 pub enum Behavior {
     /// Answer with this status, extra headers and body.
-    Answer { status: u16, headers: Vec<(String, String)>, body: Vec<u8> },
+    Answer {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    },
     /// Wait, then answer 200.
     Delay(Duration),
     /// Read the request, then reset the connection without answering.
@@ -93,7 +107,12 @@ impl Upstream {
                 thread::spawn(move || serve_conn(stream, n, r, b));
             }
         });
-        Upstream { addr, received, connections, behavior }
+        Upstream {
+            addr,
+            received,
+            connections,
+            behavior,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -113,16 +132,27 @@ impl Upstream {
     }
 }
 
-fn serve_conn(stream: TcpStream, conn: usize, rec: Arc<Mutex<Vec<Received>>>, beh: Arc<Mutex<Behavior>>) {
+fn serve_conn(
+    stream: TcpStream,
+    conn: usize,
+    rec: Arc<Mutex<Vec<Received>>>,
+    beh: Arc<Mutex<Behavior>>,
+) {
     stream.set_read_timeout(Some(Duration::from_secs(30))).ok();
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut out = stream;
     loop {
-        let Some(req) = read_request(&mut reader, conn) else { return };
+        let Some(req) = read_request(&mut reader, conn) else {
+            return;
+        };
         rec.lock().unwrap().push(req);
         let b = beh.lock().unwrap().clone();
         match b {
-            Behavior::Answer { status, headers, body } => {
+            Behavior::Answer {
+                status,
+                headers,
+                body,
+            } => {
                 let mut h = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\n", body.len());
                 for (k, v) in headers {
                     h.push_str(&format!("{k}: {v}\r\n"));
@@ -136,7 +166,10 @@ fn serve_conn(stream: TcpStream, conn: usize, rec: Arc<Mutex<Vec<Received>>>, be
             }
             Behavior::Delay(d) => {
                 thread::sleep(d);
-                if out.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").is_err() {
+                if out
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -185,9 +218,19 @@ fn read_request(r: &mut BufReader<TcpStream>, conn: usize) -> Option<Received> {
     let headers: Vec<(String, String)> = req
         .headers
         .iter()
-        .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
+        .map(|h| {
+            (
+                h.name.to_string(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
         .collect();
-    let get = |n: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.clone());
+    let get = |n: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v.clone())
+    };
     let mut body = Vec::new();
     if get("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
         loop {
@@ -206,7 +249,13 @@ fn read_request(r: &mut BufReader<TcpStream>, conn: usize) -> Option<Received> {
         body = vec![0; n];
         r.read_exact(&mut body).ok()?;
     }
-    Some(Received { method, path, headers, body, connection: conn })
+    Some(Received {
+        method,
+        path,
+        headers,
+        body,
+        connection: conn,
+    })
 }
 
 // ---------------------------------------------------------------- client
@@ -226,16 +275,22 @@ impl Response {
             .map(|(_, v)| v.as_str())
     }
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body))
-        })
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
     /// Asserts the documented error shape and returns the code.
     pub fn error_code(&self) -> String {
-        assert_eq!(self.header("content-type"), Some("application/json"), "{self:?}");
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/json"),
+            "{self:?}"
+        );
         let v = self.json();
         assert!(v["message"].is_string(), "{v}");
-        v["error"].as_str().unwrap_or_else(|| panic!("no error code: {v}")).to_string()
+        v["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error code: {v}"))
+            .to_string()
     }
 }
 
@@ -249,18 +304,27 @@ pub fn read_response(s: &mut TcpStream) -> std::io::Result<Response> {
         }
         let n = s.read(&mut tmp)?;
         if n == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed before a response"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed before a response",
+            ));
         }
         buf.extend_from_slice(&tmp[..n]);
     };
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut resp = httparse::Response::new(&mut headers);
-    resp.parse(&buf[..head_end]).map_err(|e| std::io::Error::other(e.to_string()))?;
+    resp.parse(&buf[..head_end])
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
     let status = resp.code.unwrap_or(0);
     let headers: Vec<(String, String)> = resp
         .headers
         .iter()
-        .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
+        .map(|h| {
+            (
+                h.name.to_string(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
         .collect();
     let cl = headers
         .iter()
@@ -284,14 +348,22 @@ pub fn read_response(s: &mut TcpStream) -> std::io::Result<Response> {
     }
     if status == 100 {
         // Skip the interim answer.
-        let mut rest = Response { status, headers, body };
+        let mut rest = Response {
+            status,
+            headers,
+            body,
+        };
         if rest.body.is_empty() {
             return read_response(s);
         }
         rest.status = 0;
         return Ok(rest);
     }
-    Ok(Response { status, headers, body })
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
 }
 
 fn find(h: &[u8], n: &[u8]) -> Option<usize> {
@@ -344,7 +416,10 @@ pub fn post_chunked(path: &str, body: &[u8], chunk: usize) -> Vec<u8> {
 }
 
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<Response> {
-    raw(addr, format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+    raw(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
 }
 
 // ---------------------------------------------------------------- payloads
@@ -410,7 +485,11 @@ impl Gateway {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let mport = free_port();
-        let listen = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+        let listen = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
         let addr: SocketAddr = if host == "::" {
             format!("127.0.0.1:{port}").parse().unwrap()
         } else {
@@ -427,13 +506,23 @@ impl Gateway {
         let log_path = dir.path().join("hookgate.log");
         let log = std::fs::File::create(&log_path).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_hookgate"));
-        cmd.arg("run").arg("-c").arg(&cfg).stdout(Stdio::null()).stderr(log);
+        cmd.arg("run")
+            .arg("-c")
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(log);
         cmd.env_remove("RUST_LOG");
         for (k, v) in env {
             cmd.env(k, v);
         }
         let child = cmd.spawn().unwrap();
-        let mut gw = Gateway { child, addr, metrics, dir, log_path };
+        let mut gw = Gateway {
+            child,
+            addr,
+            metrics,
+            dir,
+            log_path,
+        };
         gw.wait_ready()?;
         Ok(gw)
     }
@@ -459,7 +548,8 @@ impl Gateway {
     }
 
     pub fn send(&self, bytes: &[u8]) -> Response {
-        raw(self.addr, bytes).unwrap_or_else(|e| panic!("request failed: {e}\nlog:\n{}", self.log()))
+        raw(self.addr, bytes)
+            .unwrap_or_else(|e| panic!("request failed: {e}\nlog:\n{}", self.log()))
     }
 
     pub fn post(&self, path: &str, body: &[u8]) -> Response {
@@ -474,7 +564,11 @@ impl Gateway {
     pub fn metric(&self, series: &str) -> f64 {
         self.metrics_text()
             .lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')).map(|v| v.trim().parse().unwrap()))
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|r| r.strip_prefix(' '))
+                    .map(|v| v.trim().parse().unwrap())
+            })
             .unwrap_or(0.0)
     }
 
@@ -483,7 +577,11 @@ impl Gateway {
     }
 
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status().unwrap();
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
         assert!(ok.success());
     }
 
