@@ -8,10 +8,10 @@
 //!     .inspect(br#"{"call":{"id":"c1"},"assist":{"transcription":{"content":"hi","chunks":[]}}}"#)
 //!     .unwrap();
 //! assert_eq!(out.body.as_deref(), Some(&br#"{"call":{"id":"c1"},"assist":{}}"#[..]));
-//! // Everything else stays byte for byte as sent.
+//! assert_eq!(out.call_id.as_deref(), Some("c1"));
+//! // With nothing to remove, the original bytes go on untouched (`body` is None).
 //! let out = inspector.inspect(br#"{"n": 1.0, "big": 12345678901234567890}"#).unwrap();
 //! assert_eq!(out.body, None);
-//! assert_eq!(out.call_id.as_deref(), Some("c1"));
 //! ```
 
 use crate::error::{Rejection, Violation};

@@ -335,7 +335,8 @@ mod tests {
             .nth(1)
             .or_else(|| e.split("expected").nth(1))
             .unwrap_or("");
-        list.split(',')
+        list.replace(" or ", ",")
+            .split(',')
             .map(|s| s.trim().trim_matches('`').to_string())
             .filter(|s| !s.is_empty())
             .collect()

@@ -1013,10 +1013,8 @@ set = { "X-T" = "${MISSING}" }
 "#,
         );
         let joined = errors_joined(&errs);
-        assert!(
-            joined.contains("[server]: unknown field `threds`"),
-            "{joined}"
-        );
+        assert!(joined.contains("server.threds: unknown key"), "{joined}");
+        assert!(joined.contains("server.listen[0]"), "{joined}");
         assert!(joined.contains("access.allow[0]"), "{joined}");
         assert!(joined.contains("route[0] \"a\".path"), "{joined}");
         assert!(joined.contains("route[0] \"a\".upstream"), "{joined}");
