@@ -68,7 +68,7 @@ impl Gateway {
         let mut deliverer = Deliverer::new();
         let mut routes = HashMap::new();
         for r in &cfg.routes {
-            let dest = deliverer.destination(&r.upstream, r.timeout)?;
+            let dest = deliverer.destination(&r.upstream, r.timeout, &r.upstream_tls)?;
             metrics.init_route(&r.name);
             routes.insert(
                 r.path.clone(),

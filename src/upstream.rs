@@ -7,12 +7,13 @@
 //!   it reached the first one.
 //! - `file:` upstreams append the body as one JSON line and answer 202.
 
-use crate::config::{FileSink, HttpTarget, Upstream};
+use crate::config::{FileSink, HttpTarget, Upstream, UpstreamTls};
 use bytes::{Bytes, BytesMut};
 use http::{HeaderName, HeaderValue};
 use pingora::connectors::http::v1::Connector;
 use pingora::http::RequestHeader;
 use pingora::upstreams::peer::HttpPeer;
+use pingora::utils::tls::WrappedX509;
 use pingora::ErrorType;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -98,12 +99,27 @@ impl Deliverer {
         &mut self,
         upstream: &Upstream,
         timeout: Duration,
+        tls: &UpstreamTls,
     ) -> std::io::Result<Destination> {
+        // Certificates were checked when the config was loaded.
+        let ca: Option<Arc<pingora::protocols::tls::CaType>> = tls.ca_der.as_ref().map(|certs| {
+            let list: Vec<WrappedX509> = certs
+                .iter()
+                .map(|der| WrappedX509::new(der.clone(), pingora::utils::tls::parse_x509))
+                .collect();
+            Arc::from(list.into_boxed_slice())
+        });
         let kind = match upstream {
             Upstream::Http(targets) => Kind::Http {
                 targets: targets
                     .iter()
-                    .map(|t| (t.clone(), peer_for(t, timeout)))
+                    .map(|t| {
+                        let mut peer = peer_for(t, timeout);
+                        peer.options.ca = ca.clone();
+                        peer.options.verify_cert = tls.verify;
+                        peer.options.verify_hostname = tls.verify;
+                        (t.clone(), peer)
+                    })
                     .collect(),
                 next: AtomicUsize::new(0),
             },

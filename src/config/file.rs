@@ -202,6 +202,13 @@ pub struct RouteSection {
     /// Header changes on the way upstream.
     #[serde(default)]
     pub headers: HeadersSection,
+    /// PEM file of the CA(s) that sign this route's `https://` upstreams
+    /// (an internal CA); replaces the system roots for this route.
+    pub tls_ca: Option<String>,
+    /// Verify `https://` upstream certificates (default true). `false` is for
+    /// tests only and is logged loudly at every start.
+    #[serde(default = "default_true")]
+    pub tls_verify: bool,
 }
 
 /// `[route.headers]`.
@@ -216,6 +223,9 @@ pub struct HeadersSection {
     pub remove: Vec<String>,
 }
 
+fn default_true() -> bool {
+    true
+}
 fn default_listen() -> Vec<String> {
     vec!["0.0.0.0:8080".into()]
 }
@@ -310,6 +320,8 @@ pub const ROUTE_KEYS: &[&str] = &[
     "body_timeout_ms",
     "secret",
     "headers",
+    "tls_ca",
+    "tls_verify",
 ];
 
 /// The top-level keys a file may have.

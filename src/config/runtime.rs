@@ -169,6 +169,24 @@ pub struct HeaderRules {
     pub remove: Vec<HeaderName>,
 }
 
+/// How a route checks its `https://` upstreams' certificates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// DER certificates of the CAs to trust instead of the system roots.
+    pub ca_der: Option<Vec<Vec<u8>>>,
+    /// Verify certificates and host names (default true).
+    pub verify: bool,
+}
+
+impl Default for UpstreamTls {
+    fn default() -> Self {
+        UpstreamTls {
+            ca_der: None,
+            verify: true,
+        }
+    }
+}
+
 /// A route, validated.
 #[derive(Debug)]
 pub struct Route {
@@ -190,6 +208,8 @@ pub struct Route {
     pub secret: Option<Arc<Secret>>,
     /// Header rules.
     pub headers: HeaderRules,
+    /// Certificate checks for `https://` upstreams.
+    pub upstream_tls: UpstreamTls,
 }
 
 /// Load and validate a configuration file from disk, reading `${NAME}` from the
@@ -751,6 +771,17 @@ impl Builder<'_> {
                 ),
             }
         }
+        let mut upstream_tls = UpstreamTls {
+            ca_der: None,
+            verify: r.tls_verify,
+        };
+        if let Some(ca) = &r.tls_ca {
+            let ca = self.expand(&format!("{at}.tls_ca"), ca);
+            match load_ca_file(&self.resolve_path(&ca)) {
+                Ok(certs) => upstream_tls.ca_der = Some(certs),
+                Err(e) => self.err(format!("{at}.tls_ca"), e),
+            }
+        }
         let upstream = upstream?;
         if !ok {
             return None;
@@ -765,6 +796,7 @@ impl Builder<'_> {
             limits,
             secret,
             headers,
+            upstream_tls,
         })
     }
 
@@ -806,6 +838,24 @@ impl Builder<'_> {
         }
         (targets.len() == list.len()).then_some(Upstream::Http(targets))
     }
+}
+
+/// Read a PEM file of CA certificates; every certificate must parse.
+pub fn load_ca_file(path: &Path) -> Result<Vec<Vec<u8>>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut out = Vec::new();
+    for item in rustls_pemfile::certs(&mut pem.as_slice()) {
+        let der =
+            item.map_err(|e| format!("{}: not a PEM certificate file: {e}", path.display()))?;
+        if x509_parser::parse_x509_certificate(der.as_ref()).is_err() {
+            return Err(format!("{}: a certificate does not parse", path.display()));
+        }
+        out.push(der.as_ref().to_vec());
+    }
+    if out.is_empty() {
+        return Err(format!("{}: no certificate found", path.display()));
+    }
+    Ok(out)
 }
 
 /// Parse and resolve `http(s)://host[:port][/path][?query]`.
@@ -928,6 +978,9 @@ impl Config {
                 r.timeout.as_millis(),
                 if r.secret.is_some() { "; secret required" } else { "" }
             );
+            if !r.upstream_tls.verify {
+                let _ = writeln!(s, "WARNING route {:?}: upstream TLS certificates are NOT verified (tls_verify = false)", r.name);
+            }
         }
         s
     }
