@@ -9,7 +9,11 @@ use hookgate::inspect::{compile_schema_file, Inspector, Transcription, Validatio
 use std::sync::Arc;
 
 fn payload(size: usize) -> Vec<u8> {
-    let base = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/payloads/sample.json")).unwrap();
+    let base = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/payloads/sample.json"
+    ))
+    .unwrap();
     let mut v: serde_json::Value = serde_json::from_slice(&base).unwrap();
     // A realistic transcript: many chunks of speech, both speakers.
     let sentence = "Good day, I am calling about my order, it has not arrived yet. ";
@@ -17,7 +21,11 @@ fn payload(size: usize) -> Vec<u8> {
     let mut t = 1_703_862_000_000u64;
     let mut content = String::new();
     while serde_json::to_vec(&v).unwrap().len() + content.len() * 2 < size {
-        let speaker = if chunks.len() % 2 == 0 { "caller" } else { "callee" };
+        let speaker = if chunks.len() % 2 == 0 {
+            "caller"
+        } else {
+            "callee"
+        };
         chunks.push(serde_json::json!({"speaker": speaker, "startTime": t, "endTime": t + 4000, "content": sentence}));
         content.push_str(sentence);
         t += 5000;
@@ -29,20 +37,51 @@ fn payload(size: usize) -> Vec<u8> {
 
 fn bench(c: &mut Criterion) {
     let schema = Arc::new(
-        compile_schema_file(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/sipgate-ai-agents-webhook.v1.json"))).unwrap(),
+        compile_schema_file(std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/schemas/sipgate-ai-agents-webhook.v1.json"
+        )))
+        .unwrap(),
     );
     let modes = [
-        ("parse_only", Inspector::new(None, Validation::Off, Transcription::Keep)),
-        ("validate", Inspector::new(Some(schema.clone()), Validation::Enforce, Transcription::Keep)),
-        ("validate_strip", Inspector::new(Some(schema.clone()), Validation::Enforce, Transcription::Strip)),
-        ("validate_strip_text", Inspector::new(Some(schema.clone()), Validation::Enforce, Transcription::StripText)),
+        (
+            "parse_only",
+            Inspector::new(None, Validation::Off, Transcription::Keep),
+        ),
+        (
+            "validate",
+            Inspector::new(
+                Some(schema.clone()),
+                Validation::Enforce,
+                Transcription::Keep,
+            ),
+        ),
+        (
+            "validate_strip",
+            Inspector::new(
+                Some(schema.clone()),
+                Validation::Enforce,
+                Transcription::Strip,
+            ),
+        ),
+        (
+            "validate_strip_text",
+            Inspector::new(
+                Some(schema.clone()),
+                Validation::Enforce,
+                Transcription::StripText,
+            ),
+        ),
     ];
     for size in [2 * 1024, 64 * 1024, 900 * 1024] {
         let body = payload(size);
         let mut g = c.benchmark_group(format!("inspect_{}k", size / 1024));
         g.throughput(Throughput::Bytes(body.len() as u64));
         for (name, inspector) in &modes {
-            assert!(inspector.inspect(&body).is_ok(), "{name}: the bench payload must pass");
+            assert!(
+                inspector.inspect(&body).is_ok(),
+                "{name}: the bench payload must pass"
+            );
             g.bench_with_input(BenchmarkId::from_parameter(name), &body, |b, body| {
                 b.iter(|| inspector.inspect(std::hint::black_box(body)).unwrap())
             });

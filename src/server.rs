@@ -48,40 +48,7 @@ pub fn build(
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-
-    // The public listener(s).
-    let gateway = Gateway::new(cfg, metrics.clone(), lifecycle.clone())?;
-    let mut public = Service::new("hookgate public".to_string(), gateway);
-    for addr in &cfg.server.listen {
-        let a = addr.to_string();
-        match &cfg.server.tls {
-            Some((cert, key)) => public
-                .add_tls(&a, &cert.to_string_lossy(), &key.to_string_lossy())
-                .map_err(|e| StartError::Listener {
-                    addr: a.clone(),
-                    reason: e.to_string(),
-                })?,
-            None => public.add_tcp(&a),
-        }
-    }
-    if !cfg.access.has_trusted_proxies() {
-        public.set_connection_filter(Arc::new(AdmissionFilter {
-            access: cfg.access.clone(),
-            rejected: metrics.connections_rejected.clone(),
-        }));
-    }
-
-    // The metrics listener.
-    let mut ops = Service::new(
-        "hookgate metrics".to_string(),
-        HttpServer::new_app(OpsApp {
-            metrics: metrics.clone(),
-            lifecycle: lifecycle.clone(),
-        }),
-    );
-    ops.add_tcp(&cfg.metrics_listen.to_string());
-    ops.threads = Some(1);
-
+    let (public, ops) = services(cfg, metrics, lifecycle.clone())?;
     server.add_service(public);
     server.add_service(ops);
 
@@ -109,6 +76,43 @@ pub fn build(
         }
     });
     Ok(server)
+}
+
+/// hookgate's two pingora services: the public gateway (with its accept-time
+/// filter) and the metrics listener. Add them to any pingora `Server`; this is
+/// how hookgate embeds in another pingora proxy (see `examples/embed_pingora.rs`).
+pub fn services(
+    cfg: &Config,
+    metrics: Arc<Metrics>,
+    lifecycle: Arc<Lifecycle>,
+) -> Result<(Service<Gateway>, Service<HttpServer<OpsApp>>), StartError> {
+    let gateway = Gateway::new(cfg, metrics.clone(), lifecycle.clone())?;
+    let mut public = Service::new("hookgate public".to_string(), gateway);
+    for addr in &cfg.server.listen {
+        let a = addr.to_string();
+        match &cfg.server.tls {
+            Some((cert, key)) => public
+                .add_tls(&a, &cert.to_string_lossy(), &key.to_string_lossy())
+                .map_err(|e| StartError::Listener {
+                    addr: a.clone(),
+                    reason: e.to_string(),
+                })?,
+            None => public.add_tcp(&a),
+        }
+    }
+    if !cfg.access.has_trusted_proxies() {
+        public.set_connection_filter(Arc::new(AdmissionFilter {
+            access: cfg.access.clone(),
+            rejected: metrics.connections_rejected.clone(),
+        }));
+    }
+    let mut ops = Service::new(
+        "hookgate metrics".to_string(),
+        HttpServer::new_app(OpsApp { metrics, lifecycle }),
+    );
+    ops.add_tcp(&cfg.metrics_listen.to_string());
+    ops.threads = Some(1);
+    Ok((public, ops))
 }
 
 /// Whether a TCP socket of this process's network namespace listens on `port`
@@ -171,8 +175,8 @@ pub fn run(cfg: &Config) -> Result<(), StartError> {
     Ok(())
 }
 
-/// `/metrics`, `/healthz`, `/readyz`.
-struct OpsApp {
+/// The metrics listener's application: `/metrics`, `/healthz`, `/readyz`.
+pub struct OpsApp {
     metrics: Arc<Metrics>,
     lifecycle: Arc<Lifecycle>,
 }

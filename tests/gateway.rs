@@ -696,3 +696,80 @@ fn healthz_and_readyz() {
     assert_eq!(http_get(gw.metrics, "/readyz").unwrap().status, 200);
     assert_eq!(http_get(gw.metrics, "/other").unwrap().status, 404);
 }
+
+// ------------------------------------------------------------ shipped default
+
+#[test]
+fn shipped_default_config_archives_the_sample() {
+    // The shipped conf/hookgate.toml, in the same layout (conf/, schemas/), with
+    // only its two ports changed so tests can run beside anything.
+    let text = std::fs::read_to_string(project_root().join("conf/hookgate.toml"))
+        .unwrap()
+        .replace("127.0.0.1:8080", "{LISTEN}")
+        .replace("127.0.0.1:9464", "{METRICS}");
+    let schema =
+        std::fs::read(project_root().join("schemas/sipgate-ai-agents-webhook.v1.json")).unwrap();
+    let gw = Gateway::start_full(
+        &text,
+        &[],
+        "127.0.0.1",
+        "conf/hookgate.toml",
+        &[("schemas/sipgate-ai-agents-webhook.v1.json", &schema)],
+        &[],
+    );
+    let sample = std::fs::read(project_root().join("tests/payloads/sample.json")).unwrap();
+    let r = gw.post("/webhooks/sipgate", &sample);
+    assert_eq!(
+        (r.status, r.json()["status"].as_str()),
+        (202, Some("accepted")),
+        "{r:?}"
+    );
+    let archive = std::fs::read_to_string(gw.dir.path().join("var/webhooks.jsonl")).unwrap();
+    assert_eq!(archive.lines().count(), 1);
+    let got: serde_json::Value = serde_json::from_str(archive.lines().next().unwrap()).unwrap();
+    let want: serde_json::Value = serde_json::from_slice(&sample).unwrap();
+    assert_eq!(got, want);
+    // Loopback is allowed by the default; the schema is enforced.
+    let r = gw.post("/webhooks/sipgate", br#"{"version":"v9"}"#);
+    assert_eq!(r.status, 422);
+}
+
+#[test]
+fn json_log_lines() {
+    let up = Upstream::start(ok_answer());
+    let cfg = config_for(&upstream_cfg(&up, "/in"), "", "");
+    let gw = Gateway::start_full(
+        &cfg,
+        &[],
+        "127.0.0.1",
+        "hookgate.toml",
+        &[],
+        &["--log-format", "json"],
+    );
+    assert_eq!(gw.post("/webhooks/crm", &payload(0)).status, 200);
+    assert!(
+        wait_until(Duration::from_secs(2), || gw
+            .log()
+            .contains("\"outcome\":\"forwarded\"")),
+        "{}",
+        gw.log()
+    );
+    let mut access = 0;
+    for line in gw.log().lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        if v["target"] == "hookgate::access" {
+            access += 1;
+            assert_eq!(v["route"], "crm");
+            assert_eq!(v["status"], 200);
+            assert_eq!(v["call_id"], "123e4567-e89b-12d3-a456-426614174000");
+            assert!(
+                v["request_id"].is_string()
+                    && v["duration_ms"].is_number()
+                    && v["upstream_ms"].is_number()
+            );
+            assert!(v["bytes_in"].as_u64().unwrap() > 1000);
+        }
+    }
+    assert_eq!(access, 1);
+}

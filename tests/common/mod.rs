@@ -469,10 +469,23 @@ impl Gateway {
     }
 
     pub fn start_with(config: &str, env: &[(&str, &str)], host: &str) -> Gateway {
+        Self::start_full(config, env, host, "hookgate.toml", &[], &[])
+    }
+
+    /// Start with the config written at `config_rel` inside the temp dir, beside
+    /// `files` (relative path, content), with extra command-line `args`.
+    pub fn start_full(
+        config: &str,
+        env: &[(&str, &str)],
+        host: &str,
+        config_rel: &str,
+        files: &[(&str, &[u8])],
+        args: &[&str],
+    ) -> Gateway {
         // A free port can be taken by someone else before the gateway binds it:
         // try again with new ports when that is why it stopped.
         for _ in 0..4 {
-            match Self::try_start(config, env, host) {
+            match Self::try_start(config, env, host, config_rel, files, args) {
                 Ok(gw) => return gw,
                 Err(log) if log.contains("cannot set up listener") => continue,
                 Err(log) => panic!("hookgate did not start: {log}"),
@@ -481,8 +494,20 @@ impl Gateway {
         panic!("hookgate could not bind free ports");
     }
 
-    fn try_start(config: &str, env: &[(&str, &str)], host: &str) -> Result<Gateway, String> {
+    fn try_start(
+        config: &str,
+        env: &[(&str, &str)],
+        host: &str,
+        config_rel: &str,
+        files: &[(&str, &[u8])],
+        args: &[&str],
+    ) -> Result<Gateway, String> {
         let dir = tempfile::tempdir().unwrap();
+        for (rel, content) in files {
+            let p = dir.path().join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, content).unwrap();
+        }
         let port = free_port();
         let mport = free_port();
         let listen = if host.contains(':') {
@@ -501,7 +526,8 @@ impl Gateway {
             .replace("{METRICS}", &metrics.to_string())
             .replace("{SCHEMA}", &schema_path())
             .replace("{DIR}", &dir.path().display().to_string());
-        let cfg = dir.path().join("hookgate.toml");
+        let cfg = dir.path().join(config_rel);
+        std::fs::create_dir_all(cfg.parent().unwrap()).unwrap();
         std::fs::write(&cfg, text).unwrap();
         let log_path = dir.path().join("hookgate.log");
         let log = std::fs::File::create(&log_path).unwrap();
@@ -509,6 +535,7 @@ impl Gateway {
         cmd.arg("run")
             .arg("-c")
             .arg(&cfg)
+            .args(args)
             .stdout(Stdio::null())
             .stderr(log);
         cmd.env_remove("RUST_LOG");
