@@ -3,6 +3,7 @@
 use crate::config;
 use crate::inspect::{compile_schema_file, Inspector, Transcription, Validation};
 use clap::{Parser, Subcommand, ValueEnum};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -150,12 +151,14 @@ fn validate(
             }
         }
     };
+    // A closed pipe is not an error worth a panic: the exit code carries the verdict.
+    let mut stdout = std::io::stdout().lock();
     let mut rejected = 0;
     for p in payloads {
         let body = match std::fs::read(p) {
             Ok(b) => b,
             Err(e) => {
-                println!("{}: error: cannot read: {e}", p.display());
+                let _ = writeln!(stdout, "{}: error: cannot read: {e}", p.display());
                 rejected += 1;
                 continue;
             }
@@ -171,9 +174,10 @@ fn validate(
                 } else {
                     format!("; {} violation(s) reported", out.violations.len())
                 };
-                println!("{}: accepted, {what}{report}", p.display());
+                let _ = writeln!(stdout, "{}: accepted, {what}{report}", p.display());
                 for v in &out.violations {
-                    println!(
+                    let _ = writeln!(
+                        stdout,
                         "  {} {}",
                         if v.path.is_empty() { "/" } else { &v.path },
                         v.message
@@ -182,7 +186,8 @@ fn validate(
             }
             Err(r) => {
                 rejected += 1;
-                println!(
+                let _ = writeln!(
+                    stdout,
                     "{}: rejected {} {}: {}",
                     p.display(),
                     r.status(),
@@ -191,7 +196,8 @@ fn validate(
                 );
                 if let crate::error::Rejection::SchemaViolation(v) = &r {
                     for v in v {
-                        println!(
+                        let _ = writeln!(
+                            stdout,
                             "  {} {}",
                             if v.path.is_empty() { "/" } else { &v.path },
                             v.message

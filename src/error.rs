@@ -104,7 +104,7 @@ impl Rejection {
             Rejection::InvalidJson(m) => format!("the body is not valid JSON: {m}"),
             Rejection::SchemaViolation(v) => {
                 format!(
-                    "the payload does not match the route's schema ({} violations shown)",
+                    "the payload does not match the route's schema ({} violation(s) listed)",
                     v.len()
                 )
             }

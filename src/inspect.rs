@@ -231,10 +231,15 @@ fn describe(kind: &jsonschema::error::ValidationErrorKind) -> String {
     use jsonschema::error::ValidationErrorKind as K;
     match kind {
         K::Required { property } => format!("required property {property} is missing"),
-        K::Type { kind } => format!("wrong type, expected {kind:?}")
-            .replace("Single(", "")
-            .replace("Multiple(", "")
-            .replace(')', ""),
+        K::Type { kind } => {
+            let names: Vec<String> = match kind {
+                jsonschema::error::TypeKind::Single(t) => vec![t.to_string()],
+                jsonschema::error::TypeKind::Multiple(set) => {
+                    set.iter().map(|t| t.to_string()).collect()
+                }
+            };
+            format!("wrong type, expected {}", names.join(" or "))
+        }
         K::Enum { options } => format!("not one of {options}"),
         K::Constant { expected_value } => format!("must be {expected_value}"),
         K::MinLength { limit } => format!("shorter than {limit} characters"),
