@@ -176,6 +176,7 @@ impl Metrics {
         self.upstream_duration.with_label_values(&[route]);
         self.body_bytes.with_label_values(&[route]);
         self.schema_violations.with_label_values(&[route]);
+        self.upstream_retries.with_label_values(&[route]);
     }
 
     /// The Prometheus text exposition of every metric.

@@ -70,6 +70,12 @@ impl Gateway {
         for r in &cfg.routes {
             let dest = deliverer.destination(&r.upstream, r.timeout, &r.upstream_tls)?;
             metrics.init_route(&r.name);
+            let mode = r.inspector.transcription();
+            if mode != crate::inspect::Transcription::Keep {
+                metrics
+                    .transcriptions_removed
+                    .with_label_values(&[r.name.as_str(), mode.as_str()]);
+            }
             routes.insert(
                 r.path.clone(),
                 Arc::new(RouteEntry {

@@ -331,6 +331,24 @@ pub fn read_response(s: &mut TcpStream) -> std::io::Result<Response> {
         .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
         .and_then(|(_, v)| v.parse::<usize>().ok());
     let mut body = buf[head_end..].to_vec();
+    let chunked = headers.iter().any(|(k, v)| {
+        k.eq_ignore_ascii_case("transfer-encoding") && v.to_ascii_lowercase().contains("chunked")
+    });
+    if chunked {
+        // Read until the last chunk, then decode.
+        while find(&body, b"\r\n0\r\n\r\n").is_none() && !body.starts_with(b"0\r\n\r\n") {
+            let k = s.read(&mut tmp)?;
+            if k == 0 {
+                break;
+            }
+            body.extend_from_slice(&tmp[..k]);
+        }
+        return Ok(Response {
+            status,
+            headers,
+            body: dechunk(&body),
+        });
+    }
     match cl {
         Some(n) => {
             while body.len() < n {
@@ -364,6 +382,22 @@ pub fn read_response(s: &mut TcpStream) -> std::io::Result<Response> {
         headers,
         body,
     })
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = find(b, b"\r\n") {
+        let size = std::str::from_utf8(&b[..eol])
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.split(';').next().unwrap_or("").trim(), 16).ok())
+            .unwrap_or(0);
+        if size == 0 || b.len() < eol + 2 + size {
+            break;
+        }
+        out.extend_from_slice(&b[eol + 2..eol + 2 + size]);
+        b = &b[(eol + 4 + size).min(b.len())..];
+    }
+    out
 }
 
 fn find(h: &[u8], n: &[u8]) -> Option<usize> {
