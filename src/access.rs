@@ -202,7 +202,7 @@ pub fn parse_forwarded_entry(entry: &[u8]) -> Option<IpAddr> {
 
 fn is_port_suffix(s: &str) -> bool {
     s.strip_prefix(':')
-        .is_some_and(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
+        .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok())
 }
 
 #[cfg(test)]
@@ -292,6 +292,8 @@ mod tests {
             ("\"[::ffff:1.2.3.4]\"", Some("1.2.3.4")),
             ("unknown", None),
             ("1.2.3.4:99999999", None),
+            ("1.2.3.4:65536", None),
+            ("1.2.3.4:", None),
             ("[::1]x", None),
             ("1.2.3.4.5", None),
             ("", None),

@@ -45,8 +45,10 @@ pub enum Rejection {
     UpstreamUnavailable,
     /// 504: the upstream did not answer in time.
     UpstreamTimeout,
-    /// 503: hookgate cannot take the request right now (e.g. the archive file failed).
-    Unavailable(String),
+    /// 431: the request head has too many fields or bytes.
+    HeaderTooLarge,
+    /// 503: the memory budget for bodies in flight is used up; try again.
+    Overloaded,
 }
 
 impl Rejection {
@@ -64,7 +66,8 @@ impl Rejection {
             Rejection::SchemaViolation(_) => 422,
             Rejection::UpstreamUnavailable => 502,
             Rejection::UpstreamTimeout => 504,
-            Rejection::Unavailable(_) => 503,
+            Rejection::HeaderTooLarge => 431,
+            Rejection::Overloaded => 503,
         }
     }
 
@@ -83,7 +86,8 @@ impl Rejection {
             Rejection::SchemaViolation(_) => "schema_violation",
             Rejection::UpstreamUnavailable => "upstream_unavailable",
             Rejection::UpstreamTimeout => "upstream_timeout",
-            Rejection::Unavailable(_) => "unavailable",
+            Rejection::HeaderTooLarge => "header_too_large",
+            Rejection::Overloaded => "overloaded",
         }
     }
 
@@ -110,7 +114,8 @@ impl Rejection {
             }
             Rejection::UpstreamUnavailable => "the upstream is unavailable".into(),
             Rejection::UpstreamTimeout => "the upstream did not answer in time".into(),
-            Rejection::Unavailable(m) => format!("temporarily unavailable: {m}"),
+            Rejection::HeaderTooLarge => "the request head has too many fields or bytes".into(),
+            Rejection::Overloaded => "too many request bodies in flight; retry shortly".into(),
         }
     }
 
@@ -119,7 +124,11 @@ impl Rejection {
     pub fn closes_connection(&self) -> bool {
         matches!(
             self,
-            Rejection::BodyTooLarge { .. } | Rejection::BodyTimeout | Rejection::BadRequest(_)
+            Rejection::BodyTooLarge { .. }
+                | Rejection::BodyTimeout
+                | Rejection::BadRequest(_)
+                | Rejection::HeaderTooLarge
+                | Rejection::Overloaded
         )
     }
 

@@ -16,6 +16,7 @@ pub mod access;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod framing;
 pub mod headers;
 pub mod inspect;
 pub mod json;

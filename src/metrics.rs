@@ -49,6 +49,10 @@ pub struct Metrics {
     pub build_info: IntGaugeVec,
     /// `hookgate_upstream_retries_total{route}`
     pub upstream_retries: IntCounterVec,
+    /// `hookgate_connections_open`
+    pub connections_open: IntGauge,
+    /// `hookgate_connections_over_limit_total`
+    pub connections_over_limit: IntCounter,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -134,6 +138,14 @@ impl Metrics {
             ),
             &["route"],
         ));
+        let connections_open = must(IntGauge::new(
+            "hookgate_connections_open",
+            "Client connections open now.",
+        ));
+        let connections_over_limit = must(IntCounter::new(
+            "hookgate_connections_over_limit_total",
+            "Connections closed at once because server.max_connections were open.",
+        ));
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
@@ -149,6 +161,8 @@ impl Metrics {
             Box::new(in_flight.clone()),
             Box::new(build_info.clone()),
             Box::new(upstream_retries.clone()),
+            Box::new(connections_open.clone()),
+            Box::new(connections_over_limit.clone()),
         ] {
             must(registry.register(c));
         }
@@ -165,6 +179,8 @@ impl Metrics {
             in_flight,
             build_info,
             upstream_retries,
+            connections_open,
+            connections_over_limit,
         }
     }
 

@@ -11,6 +11,7 @@
 use crate::access::{AccessPolicy, Client};
 use crate::config::{Config, Limits, Route};
 use crate::error::Rejection;
+use crate::framing::{self, BodyFraming, FramingError, HeadLimits};
 use crate::headers;
 use crate::lifecycle::Lifecycle;
 use crate::log::AccessRecord;
@@ -27,6 +28,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Most bytes of an unwanted body read and discarded after an early answer, so
 /// the client sees the answer instead of a reset.
@@ -53,6 +55,9 @@ pub struct Gateway {
     header_timeout: Duration,
     keepalive_secs: u64,
     scheme: &'static str,
+    head_limits: HeadLimits,
+    /// Body bytes that requests in flight may hold, together.
+    body_budget: Arc<Semaphore>,
 }
 
 /// Marks a connection that already served a request.
@@ -98,6 +103,10 @@ impl Gateway {
             } else {
                 "http"
             },
+            head_limits: cfg.server.head_limits,
+            body_budget: Arc::new(Semaphore::new(
+                usize::try_from(cfg.server.max_inflight_body_bytes).unwrap_or(usize::MAX >> 4),
+            )),
         })
     }
 }
@@ -142,7 +151,21 @@ impl HttpServerApp for Gateway {
         };
         match tokio::time::timeout(wait, session.read_request()).await {
             Ok(Ok(true)) => {}
-            // Timed out, closed, or unparseable: nothing useful can be answered.
+            Ok(Err(e)) if matches!(e.etype(), pingora::ErrorType::InvalidHTTPHeader) => {
+                // pingora refused the head itself (conflicting Content-Length,
+                // a transfer coding it cannot frame, bad syntax, too many or too
+                // large headers): answer, then close.
+                let r = if e.to_string().contains("larger than")
+                    || format!("{e:?}").contains("TooManyHeaders")
+                {
+                    Rejection::HeaderTooLarge
+                } else {
+                    Rejection::BadRequest("the request head is malformed".into())
+                };
+                self.reject_unparsed(&mut session, &r).await;
+                return None;
+            }
+            // Timed out, closed by the client, or a read error: nothing to answer.
             _ => return None,
         }
         let started = Instant::now();
@@ -193,6 +216,38 @@ impl HttpServerApp for Gateway {
 }
 
 impl Gateway {
+    /// Answer a request whose head pingora could not parse, then account for it.
+    async fn reject_unparsed(&self, s: &mut ServerSession, r: &Rejection) {
+        let started = Instant::now();
+        let handled = Handled {
+            status: r.status(),
+            headers: error_headers(r),
+            body: Bytes::from(r.to_json()),
+            body_unread: false,
+            close: true,
+        };
+        let mut written = false;
+        if let Ok(mut resp) = ResponseHeader::build(handled.status, Some(4)) {
+            for (k, v) in &handled.headers {
+                let _ = resp.append_header(k.clone(), v.clone());
+            }
+            let _ = resp.insert_header(header::CONTENT_LENGTH, handled.body.len().to_string());
+            written = s
+                .write_error_response(resp, handled.body.clone())
+                .await
+                .is_ok();
+        }
+        let facts = Facts {
+            peer: s
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip().to_canonical()),
+            outcome: r.code(),
+            ..Facts::default()
+        };
+        self.account(&facts, &handled, started, written);
+    }
+
     /// Stages 2 to 9 for one request.
     async fn handle(&self, s: &mut ServerSession, f: &mut Facts) -> Result<Handled, Rejection> {
         // Stage 2: identify the client.
@@ -212,6 +267,23 @@ impl Gateway {
         f.client = Some(client);
         if !self.access.is_client_allowed(client) {
             return Err(Rejection::IpNotAllowed);
+        }
+
+        // Framing: refuse what could be read two ways (request smuggling) and
+        // heads over the limits, from the bytes as they came.
+        let framing = match s.as_http1() {
+            Some(h1) => framing::check_head(&h1.get_headers_raw_bytes(), self.head_limits)
+                .map_err(|e| match e {
+                    FramingError::Malformed(why) => Rejection::BadRequest(why.into()),
+                    FramingError::TooLarge(_) => Rejection::HeaderTooLarge,
+                })?,
+            None => BodyFraming::None,
+        };
+        let req = s.req_header();
+        if req.method != Method::POST && framing != BodyFraming::None {
+            return Err(Rejection::BadRequest(
+                "a body on a request that is not a POST".into(),
+            ));
         }
 
         // Stages 3 and 4: route, authenticate, method, media type.
@@ -236,9 +308,11 @@ impl Gateway {
         }
 
         // Stage 5: the whole body.
-        let body = read_body(s, route.limits).await;
+        let body = read_body(s, route.limits, &self.body_budget).await;
         f.bytes_in = s.body_bytes_read();
-        let body = body?;
+        // The permit holds the body's share of the memory budget until the
+        // request is done.
+        let (body, _budget) = body?;
         self.metrics
             .body_bytes
             .with_label_values(&[&route.name])
@@ -413,7 +487,11 @@ pub fn is_json_media_type(v: Option<&HeaderValue>) -> bool {
 }
 
 /// Stage 5: read the whole body within the route's size and time limits.
-async fn read_body(s: &mut ServerSession, limits: Limits) -> Result<Bytes, Rejection> {
+async fn read_body(
+    s: &mut ServerSession,
+    limits: Limits,
+    budget: &Arc<Semaphore>,
+) -> Result<(Bytes, Option<OwnedSemaphorePermit>), Rejection> {
     let max = limits.max_body_bytes;
     let req = s.req_header();
     let declared = req
@@ -430,6 +508,11 @@ async fn read_body(s: &mut ServerSession, limits: Limits) -> Result<Bytes, Rejec
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     if expects_continue && s.write_continue_response().await.is_err() {
         return Err(Rejection::BadRequest("client went away".into()));
+    }
+    // Reserve the declared size up front; a chunked body reserves as it grows.
+    let mut permit: Option<OwnedSemaphorePermit> = None;
+    if let Some(n) = declared.filter(|n| *n > 0) {
+        permit = Some(reserve(budget, n as usize)?);
     }
     let deadline = tokio::time::Instant::now() + limits.body_timeout;
     let capacity = declared.unwrap_or(16 * 1024).min(max) as usize;
@@ -450,15 +533,31 @@ async fn read_body(s: &mut ServerSession, limits: Limits) -> Result<Bytes, Rejec
                 if (buf.len() + chunk.len()) as u64 > max {
                     return Err(Rejection::BodyTooLarge { limit: max });
                 }
+                if declared.is_none() {
+                    let more = reserve(budget, chunk.len())?;
+                    match permit.as_mut() {
+                        Some(p) => p.merge(more),
+                        None => permit = Some(more),
+                    }
+                }
                 if buf.is_empty() && s.is_body_done() {
                     // The whole body in one piece: no copy.
-                    return Ok(chunk);
+                    return Ok((chunk, permit));
                 }
                 buf.extend_from_slice(&chunk);
             }
         }
     }
-    Ok(buf.freeze())
+    Ok((buf.freeze(), permit))
+}
+
+/// Take `n` bytes of the in-flight body budget, or refuse with 503.
+fn reserve(budget: &Arc<Semaphore>, n: usize) -> Result<OwnedSemaphorePermit, Rejection> {
+    let n = u32::try_from(n).map_err(|_| Rejection::Overloaded)?;
+    budget
+        .clone()
+        .try_acquire_many_owned(n)
+        .map_err(|_| Rejection::Overloaded)
 }
 
 /// After an early answer, read (and drop) a bounded part of what the client is
@@ -500,6 +599,45 @@ fn log_violations(route: &str, r: &Rejection, mode: &str) {
         // Paths and schema keywords only: never payload values.
         let paths: Vec<&str> = v.iter().map(|v| v.path.as_str()).collect();
         tracing::info!(route = %route, mode = %mode, count = v.len(), paths = ?paths, "schema violations");
+    }
+}
+
+/// Caps the client connections open at once: past the cap a new connection is
+/// closed at once, before any byte is read, so slow or idle clients cannot
+/// exhaust the process.
+pub struct ConnectionLimit {
+    /// The HTTP application.
+    pub inner: Arc<Gateway>,
+    /// One permit per open connection.
+    pub permits: Arc<Semaphore>,
+    /// Counts connections closed because of the cap.
+    pub overflow: prometheus::IntCounter,
+    /// Connections open now.
+    pub open: prometheus::IntGauge,
+}
+
+struct OpenGuard(prometheus::IntGauge);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[async_trait]
+impl pingora::apps::ServerApp for ConnectionLimit {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: pingora::protocols::Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<pingora::protocols::Stream> {
+        let Ok(_permit) = self.permits.clone().try_acquire_owned() else {
+            self.overflow.inc();
+            return None;
+        };
+        self.open.inc();
+        let _open = OpenGuard(self.open.clone());
+        pingora::apps::ServerApp::process_new(&self.inner, stream, shutdown).await
     }
 }
 

@@ -5,7 +5,7 @@
 use crate::config::Config;
 use crate::lifecycle::{Lifecycle, Signals};
 use crate::metrics::Metrics;
-use crate::proxy::{AdmissionFilter, Gateway};
+use crate::proxy::{AdmissionFilter, ConnectionLimit, Gateway};
 use async_trait::async_trait;
 use pingora::apps::http_app::{HttpServer, ServeHttp};
 use pingora::protocols::http::ServerSession;
@@ -85,9 +85,15 @@ pub fn services(
     cfg: &Config,
     metrics: Arc<Metrics>,
     lifecycle: Arc<Lifecycle>,
-) -> Result<(Service<Gateway>, Service<HttpServer<OpsApp>>), StartError> {
-    let gateway = Gateway::new(cfg, metrics.clone(), lifecycle.clone())?;
-    let mut public = Service::new("hookgate public".to_string(), gateway);
+) -> Result<(Service<ConnectionLimit>, Service<HttpServer<OpsApp>>), StartError> {
+    let gateway = Arc::new(Gateway::new(cfg, metrics.clone(), lifecycle.clone())?);
+    let limited = ConnectionLimit {
+        inner: gateway,
+        permits: Arc::new(tokio::sync::Semaphore::new(cfg.server.max_connections)),
+        overflow: metrics.connections_over_limit.clone(),
+        open: metrics.connections_open.clone(),
+    };
+    let mut public = Service::new("hookgate public".to_string(), limited);
     for addr in &cfg.server.listen {
         let a = addr.to_string();
         match &cfg.server.tls {

@@ -28,6 +28,9 @@ pub struct ServerSection {
     /// How long an idle keep-alive connection from a client is kept open.
     #[serde(default = "default_keepalive_ms")]
     pub keepalive_timeout_ms: u64,
+    /// Most client connections open at once; beyond, new ones are closed at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
 }
 
 impl Default for ServerSection {
@@ -39,6 +42,7 @@ impl Default for ServerSection {
             shutdown_grace_ms: default_grace_ms(),
             header_timeout_ms: default_header_timeout_ms(),
             keepalive_timeout_ms: default_keepalive_ms(),
+            max_connections: default_max_connections(),
         }
     }
 }
@@ -108,6 +112,16 @@ pub struct LimitsSection {
     /// Time allowed for the whole body to arrive; 408 beyond.
     #[serde(default = "default_body_timeout_ms")]
     pub body_timeout_ms: u64,
+    /// Most bytes of request line and headers; 431 beyond.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Most header fields; 431 beyond.
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
+    /// Most body bytes held in memory by all requests in flight together; a
+    /// request that would exceed it gets 503 `overloaded`.
+    #[serde(default = "default_max_inflight_body_bytes")]
+    pub max_inflight_body_bytes: u64,
 }
 
 impl Default for LimitsSection {
@@ -115,6 +129,9 @@ impl Default for LimitsSection {
         LimitsSection {
             max_body_bytes: default_max_body(),
             body_timeout_ms: default_body_timeout_ms(),
+            max_header_bytes: default_max_header_bytes(),
+            max_headers: default_max_headers(),
+            max_inflight_body_bytes: default_max_inflight_body_bytes(),
         }
     }
 }
@@ -241,6 +258,18 @@ fn default_header_timeout_ms() -> u64 {
 fn default_keepalive_ms() -> u64 {
     60_000
 }
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_max_header_bytes() -> usize {
+    16 * 1024
+}
+fn default_max_headers() -> usize {
+    64
+}
+fn default_max_inflight_body_bytes() -> u64 {
+    64 * 1024 * 1024
+}
 fn default_metrics_listen() -> String {
     "127.0.0.1:9464".into()
 }
@@ -295,13 +324,20 @@ pub const SERVER_KEYS: &[&str] = &[
     "shutdown_grace_ms",
     "header_timeout_ms",
     "keepalive_timeout_ms",
+    "max_connections",
 ];
 /// Keys of `[metrics]`.
 pub const METRICS_KEYS: &[&str] = &["listen"];
 /// Keys of `[access]`.
 pub const ACCESS_KEYS: &[&str] = &["allow", "trusted_proxies", "secret"];
 /// Keys of `[limits]`.
-pub const LIMITS_KEYS: &[&str] = &["max_body_bytes", "body_timeout_ms"];
+pub const LIMITS_KEYS: &[&str] = &[
+    "max_body_bytes",
+    "body_timeout_ms",
+    "max_header_bytes",
+    "max_headers",
+    "max_inflight_body_bytes",
+];
 /// Keys of `[spool]`.
 pub const SPOOL_KEYS: &[&str] = &["dir", "max_bytes"];
 /// Keys of `[log]`.

@@ -76,6 +76,12 @@ pub struct ServerSettings {
     pub header_timeout: Duration,
     /// Idle keep-alive time between requests.
     pub keepalive_timeout: Duration,
+    /// Most client connections open at once.
+    pub max_connections: usize,
+    /// Limits on the request head (431 beyond).
+    pub head_limits: crate::framing::HeadLimits,
+    /// Most body bytes held by all requests in flight together (503 beyond).
+    pub max_inflight_body_bytes: u64,
 }
 
 /// Body limits.
@@ -506,6 +512,24 @@ impl Builder<'_> {
                 self.err(k, "must be at most 3600000 (one hour)");
             }
         }
+        if fc.server.max_connections == 0 || fc.server.max_connections > 1_000_000 {
+            self.err("server.max_connections", "must be between 1 and 1000000");
+        }
+        if !(256..=1_048_576).contains(&fc.limits.max_header_bytes) {
+            self.err("limits.max_header_bytes", "must be between 256 and 1048576");
+        }
+        if !(8..=256).contains(&fc.limits.max_headers) {
+            self.err(
+                "limits.max_headers",
+                "must be between 8 and 256 (pingora's own ceiling)",
+            );
+        }
+        if fc.limits.max_inflight_body_bytes > u64::from(u32::MAX) {
+            self.err(
+                "limits.max_inflight_body_bytes",
+                "must be at most 4294967295",
+            );
+        }
         if fc.server.header_timeout_ms == 0 {
             self.err("server.header_timeout_ms", "must be greater than 0");
         }
@@ -516,6 +540,12 @@ impl Builder<'_> {
             shutdown_grace: Duration::from_millis(fc.server.shutdown_grace_ms),
             header_timeout: Duration::from_millis(fc.server.header_timeout_ms.max(1)),
             keepalive_timeout: Duration::from_millis(fc.server.keepalive_timeout_ms),
+            max_connections: fc.server.max_connections.max(1),
+            head_limits: crate::framing::HeadLimits {
+                max_bytes: fc.limits.max_header_bytes.max(256),
+                max_headers: fc.limits.max_headers.max(8),
+            },
+            max_inflight_body_bytes: fc.limits.max_inflight_body_bytes,
         };
 
         // [metrics]
@@ -592,6 +622,12 @@ impl Builder<'_> {
                 );
             }
             if let Some(route) = self.route(&at, r, limits, &secret) {
+                if route.limits.max_body_bytes > fc.limits.max_inflight_body_bytes {
+                    self.err(
+                        format!("{at}.max_body_bytes"),
+                        "is larger than limits.max_inflight_body_bytes: such a body could never be taken",
+                    );
+                }
                 routes.push(Arc::new(route));
             }
         }
