@@ -252,9 +252,9 @@ impl Scanner<'_> {
         }
         let (raw, escaped) = self.string()?;
         let key: Vec<u8> = if escaped {
-            unescape(&self.b[raw.clone()])
+            unescape(self.b.get(raw.clone()).unwrap_or_default())
         } else {
-            self.b[raw].to_vec()
+            self.b.get(raw).unwrap_or_default().to_vec()
         };
         self.ws();
         if self.peek() != Some(b':') {
@@ -475,7 +475,11 @@ impl Scanner<'_> {
         }
         // Short plain numbers are always finite; check the others.
         if !simple || self.i - start > 300 {
-            let text = std::str::from_utf8(&self.b[start..self.i]).unwrap_or("x");
+            let text = self
+                .b
+                .get(start..self.i)
+                .and_then(|t| std::str::from_utf8(t).ok())
+                .unwrap_or("x");
             match text.parse::<f64>() {
                 Ok(v) if v.is_finite() => {}
                 _ => return err(start, "number out of range"),
@@ -571,7 +575,7 @@ pub fn unescape(raw: &[u8]) -> Vec<u8> {
             .fold(0, |v, &c| v * 16 + (c as char).to_digit(16).unwrap_or(0))
     };
     while i < raw.len() {
-        let c = raw[i];
+        let Some(&c) = raw.get(i) else { break };
         if c != b'\\' {
             out.push(c);
             i += 1;
@@ -612,10 +616,10 @@ pub fn splice_out(body: &[u8], mut cuts: Vec<Range<usize>>) -> Vec<u8> {
         if r.start < at {
             continue; // nested in a previous cut
         }
-        out.extend_from_slice(&body[at..r.start]);
+        out.extend_from_slice(body.get(at..r.start).unwrap_or_default());
         at = r.end;
     }
-    out.extend_from_slice(&body[at..]);
+    out.extend_from_slice(body.get(at..).unwrap_or_default());
     out
 }
 
