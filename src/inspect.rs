@@ -16,6 +16,7 @@
 
 use crate::error::{Rejection, Violation};
 use crate::json;
+use crate::tape::{TapeJson, TapeNode};
 use serde_json::Value;
 use std::path::Path;
 use std::sync::Arc;
@@ -70,7 +71,7 @@ impl Transcription {
 /// A compiled JSON Schema.
 pub struct Schema {
     id: String,
-    validator: jsonschema::Validator,
+    validator: jsonschema::Validator<TapeJson>,
 }
 
 impl std::fmt::Debug for Schema {
@@ -103,7 +104,8 @@ pub fn compile_schema_file(path: &Path) -> Result<Schema, String> {
                 .map(|f| f.to_string_lossy().into_owned())
                 .unwrap_or_default()
         });
-    let validator = jsonschema::validator_for(&value)
+    let validator = jsonschema::options_for::<TapeJson>()
+        .build(&value)
         .map_err(|e| format!("schema {} does not compile: {e}", path.display()))?;
     Ok(Schema { id, validator })
 }
@@ -171,10 +173,11 @@ impl Inspector {
             ..Outcome::default()
         };
         if let (Some(schema), true) = (&self.schema, self.validation != Validation::Off) {
-            // The scan has proven the body strict JSON; the DOM is only for the schema.
-            let doc: Value =
-                serde_json::from_slice(body).map_err(|e| Rejection::InvalidJson(e.to_string()))?;
-            out.violations = violations(&schema.validator, &doc);
+            // The scan has proven the body strict JSON and built its tape.
+            out.violations = match scan.tape.root() {
+                Some(root) => violations(&schema.validator, root),
+                None => Vec::new(),
+            };
             if !out.violations.is_empty() && self.validation == Validation::Enforce {
                 return Err(Rejection::SchemaViolation(std::mem::take(
                     &mut out.violations,
@@ -215,7 +218,7 @@ fn call_id(raw: &[u8]) -> Option<String> {
     safe.then(|| String::from_utf8_lossy(raw).into_owned())
 }
 
-fn violations(validator: &jsonschema::Validator, doc: &Value) -> Vec<Violation> {
+fn violations(validator: &jsonschema::Validator<TapeJson>, doc: TapeNode<'_>) -> Vec<Violation> {
     validator
         .iter_errors(doc)
         .take(MAX_VIOLATIONS)

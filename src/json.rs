@@ -13,6 +13,8 @@
 //! so that privacy transforms can cut bytes out of the original document and leave
 //! everything else exactly as sent.
 
+use crate::tape::{Entry, Kind, Tape};
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::ops::Range;
 
@@ -45,8 +47,10 @@ pub struct MemberSpan {
 }
 
 /// What the scan found.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Scan {
+#[derive(Debug, Clone, Default)]
+pub struct Scan<'s> {
+    /// The document, for schema validation.
+    pub tape: Tape<'s>,
     /// `assist.transcription`, if present.
     pub transcription: Option<MemberSpan>,
     /// Whether `assist.transcription` is `null`.
@@ -75,8 +79,14 @@ struct Frame {
     start: usize,
     is_object: bool,
     place: Place,
-    /// Keys seen so far (objects), decoded.
-    keys: Keys,
+    /// Where this object's member names start on the scanner's key stack.
+    keys_from: usize,
+    /// Member names as a set, once the object has many.
+    key_set: Option<HashSet<Vec<u8>>>,
+    /// This container's entry on the tape.
+    tape_idx: u32,
+    /// Children so far.
+    count: u32,
     /// End of the previous member's value (objects) — where a removal that takes
     /// the preceding comma starts.
     prev_value_end: Option<usize>,
@@ -94,35 +104,26 @@ enum Target {
     CallId,
 }
 
-/// Member names of one object; small objects use a list, large ones a set.
-#[derive(Debug, Default)]
-struct Keys {
-    list: Vec<Vec<u8>>,
-    set: Option<HashSet<Vec<u8>>>,
-}
+/// Objects with more members than this check duplicates with a hash set.
+const KEYS_LINEAR: usize = 16;
 
-impl Keys {
-    /// Insert; false if already present.
-    fn insert(&mut self, k: Vec<u8>) -> bool {
-        if let Some(set) = &mut self.set {
-            return set.insert(k);
-        }
-        if self.list.contains(&k) {
-            return false;
-        }
-        self.list.push(k);
-        if self.list.len() > 16 {
-            self.set = Some(self.list.drain(..).collect());
-        }
-        true
-    }
+/// A member name on the key stack: raw span and whether it has escapes.
+#[derive(Debug, Clone, Copy)]
+struct KeyRef {
+    start: u32,
+    end: u32,
+    escaped: bool,
 }
 
 struct Scanner<'a> {
     b: &'a [u8],
     i: usize,
     stack: Vec<Frame>,
-    out: Scan,
+    out: Scan<'a>,
+    /// Member names of every open object, innermost last.
+    keys: Vec<KeyRef>,
+    /// The member name of the value about to be read (objects).
+    pending_key: KeyRef,
     /// Start of the value that just ended.
     last_value_start: usize,
     /// Place of the value after the member name just read.
@@ -133,19 +134,29 @@ fn err<T>(offset: usize, what: &'static str) -> Result<T, ParseError> {
     Err(ParseError { offset, what })
 }
 
-/// Scan a whole document strictly.
-pub fn scan(body: &[u8]) -> Result<Scan, ParseError> {
+/// Scan a whole document strictly, building its tape.
+pub fn scan(body: &[u8]) -> Result<Scan<'_>, ParseError> {
     if body.starts_with(&[0xEF, 0xBB, 0xBF]) {
         return err(0, "byte-order mark");
     }
-    if let Err(e) = std::str::from_utf8(body) {
-        return err(e.valid_up_to(), "invalid UTF-8");
-    }
+    let text = match std::str::from_utf8(body) {
+        Ok(t) => t,
+        Err(e) => return err(e.valid_up_to(), "invalid UTF-8"),
+    };
     let mut s = Scanner {
         b: body,
         i: 0,
         stack: Vec::with_capacity(16),
-        out: Scan::default(),
+        out: Scan {
+            tape: Tape::with_capacity(text, body.len() / 48 + 8),
+            ..Scan::default()
+        },
+        keys: Vec::with_capacity(64),
+        pending_key: KeyRef {
+            start: 0,
+            end: 0,
+            escaped: false,
+        },
         last_value_start: 0,
         pending_child_place: Place::Other,
     };
@@ -153,7 +164,7 @@ pub fn scan(body: &[u8]) -> Result<Scan, ParseError> {
     Ok(s.out)
 }
 
-impl Scanner<'_> {
+impl<'a> Scanner<'a> {
     fn ws(&mut self) {
         while let Some(&c) = self.b.get(self.i) {
             if matches!(c, b' ' | b'\t' | b'\n' | b'\r') {
@@ -192,15 +203,16 @@ impl Scanner<'_> {
                     self.value(place)?;
                 }
                 Some(b'}') if is_object => {
-                    self.close_object();
                     self.i += 1;
+                    self.close_object();
                     self.after_value();
                 }
                 Some(b']') if !is_object => {
+                    self.i += 1;
                     if let Some(f) = self.stack.pop() {
                         self.last_value_start = f.start;
+                        self.out.tape.close(f.tape_idx, f.count, self.i as u32);
                     }
-                    self.i += 1;
                     self.after_value();
                 }
                 Some(_) => {
@@ -251,11 +263,17 @@ impl Scanner<'_> {
             );
         }
         let (raw, escaped) = self.string()?;
-        let key: Vec<u8> = if escaped {
-            unescape(self.b.get(raw.clone()).unwrap_or_default())
-        } else {
-            self.b.get(raw).unwrap_or_default().to_vec()
+        let key_ref = KeyRef {
+            start: raw.start as u32,
+            end: raw.end as u32,
+            escaped,
         };
+        let decoded: Cow<'a, [u8]> = if escaped {
+            Cow::Owned(unescape(self.b.get(raw.clone()).unwrap_or_default()))
+        } else {
+            Cow::Borrowed(self.b.get(raw).unwrap_or_default())
+        };
+        let key: &[u8] = &decoded;
         self.ws();
         if self.peek() != Some(b':') {
             return err(self.i, "expected :");
@@ -265,7 +283,8 @@ impl Scanner<'_> {
         let Some(top) = self.stack.last_mut() else {
             return err(key_start, "internal");
         };
-        let (target, child) = match (top.place, key.as_slice()) {
+        let (target, child) = match (top.place, key) {
+            (Place::Other, _) => (Target::None, Place::Other),
             (Place::Root, b"call") => (Target::None, Place::Call),
             (Place::Root, b"assist") => (Target::None, Place::Assist),
             (Place::Call, b"id") => (Target::CallId, Place::Other),
@@ -275,9 +294,42 @@ impl Scanner<'_> {
             (Place::Chunk, b"content") => (Target::Text, Place::Other),
             _ => (Target::None, Place::Other),
         };
-        if !top.keys.insert(key) {
-            return err(key_start, "duplicate member name");
+        // Duplicates: a pass over this object's names while it is small, a set after.
+        let b = self.b;
+        let name_of = |k: &KeyRef| -> Cow<'a, [u8]> {
+            let raw = b.get(k.start as usize..k.end as usize).unwrap_or_default();
+            if k.escaped {
+                Cow::Owned(unescape(raw))
+            } else {
+                Cow::Borrowed(raw)
+            }
+        };
+        let seen = self.keys.get(top.keys_from..).unwrap_or_default();
+        if let Some(set) = top.key_set.as_mut() {
+            if !set.insert(key.to_vec()) {
+                return err(key_start, "duplicate member name");
+            }
+        } else {
+            let dup = if !escaped && seen.iter().all(|k| !k.escaped) {
+                seen.iter()
+                    .any(|k| b.get(k.start as usize..k.end as usize) == Some(key))
+            } else {
+                seen.iter().any(|k| name_of(k).as_ref() == key)
+            };
+            if dup {
+                return err(key_start, "duplicate member name");
+            }
+            if seen.len() >= KEYS_LINEAR {
+                let mut set: HashSet<Vec<u8>> =
+                    seen.iter().map(|k| name_of(k).into_owned()).collect();
+                set.insert(key.to_vec());
+                top.key_set = Some(set);
+            }
         }
+        if top.key_set.is_none() {
+            self.keys.push(key_ref);
+        }
+        self.pending_key = key_ref;
         // The first member's span is only known when the next key or the end is seen.
         if let Some((t, start, value)) = top.pending_first.take() {
             let span = MemberSpan {
@@ -347,6 +399,8 @@ impl Scanner<'_> {
     fn close_object(&mut self) {
         if let Some(mut top) = self.stack.pop() {
             self.last_value_start = top.start;
+            self.keys.truncate(top.keys_from);
+            self.out.tape.close(top.tape_idx, top.count, self.i as u32);
             if let Some((t, start, value)) = top.pending_first.take() {
                 // The only member: remove it alone (whitespace before `}` stays).
                 let end = value.end;
@@ -361,35 +415,53 @@ impl Scanner<'_> {
         }
     }
 
-    /// One value at self.i (after whitespace). A container pushes its frame and
-    /// goes on with its first value in this loop (no recursion); the rest of its
-    /// members are read by `run`.
+    /// One value at self.i (after whitespace), appended to the tape. A container
+    /// pushes its frame and goes on with its first value in this loop (no
+    /// recursion); the rest of its members are read by `run`.
     fn value(&mut self, place: Place) -> Result<(), ParseError> {
         let mut place = place;
         loop {
             self.last_value_start = self.i;
-            let open = match self.peek() {
-                Some(b'{') => Some(true),
-                Some(b'[') => Some(false),
+            // The member name this value belongs to (none in arrays and at the root).
+            let in_object = match self.stack.last_mut() {
+                Some(top) => {
+                    top.count += 1;
+                    top.is_object
+                }
+                None => false,
+            };
+            let key = if in_object {
+                self.pending_key
+            } else {
+                KeyRef {
+                    start: 0,
+                    end: 0,
+                    escaped: false,
+                }
+            };
+            let start = self.i as u32;
+            let (kind, val, str_escaped) = match self.peek() {
+                Some(b'{') => (Kind::Object, (start, start), false),
+                Some(b'[') => (Kind::Array, (start, start), false),
                 Some(b'"') => {
-                    self.string()?;
-                    None
+                    let (r, escaped) = self.string()?;
+                    (Kind::String, (r.start as u32, r.end as u32), escaped)
                 }
                 Some(b't') => {
                     self.literal(b"true")?;
-                    None
+                    (Kind::True, (start, self.i as u32), false)
                 }
                 Some(b'f') => {
                     self.literal(b"false")?;
-                    None
+                    (Kind::False, (start, self.i as u32), false)
                 }
                 Some(b'n') => {
                     self.literal(b"null")?;
-                    None
+                    (Kind::Null, (start, self.i as u32), false)
                 }
                 Some(b'-' | b'0'..=b'9') => {
                     self.number()?;
-                    None
+                    (Kind::Number, (start, self.i as u32), false)
                 }
                 Some(b']' | b'}') => return err(self.i, "trailing comma or missing value"),
                 Some(b'\'') => return err(self.i, "single quotes are not JSON"),
@@ -398,9 +470,23 @@ impl Scanner<'_> {
                 Some(_) => return err(self.i, "unexpected character"),
                 None => return err(self.i, "unexpected end of document"),
             };
-            let Some(is_object) = open else {
-                self.after_value();
-                return Ok(());
+            let idx = self.out.tape.entries().len() as u32;
+            self.out.tape.push(Entry {
+                kind,
+                key_escaped: key.escaped,
+                str_escaped,
+                key: (key.start, key.end),
+                val,
+                end: idx + 1,
+                len: 0,
+            });
+            let is_object = match kind {
+                Kind::Object => true,
+                Kind::Array => false,
+                _ => {
+                    self.after_value();
+                    return Ok(());
+                }
             };
             if self.stack.len() >= MAX_DEPTH {
                 return err(self.i, "nesting too deep");
@@ -409,7 +495,10 @@ impl Scanner<'_> {
                 start: self.i,
                 is_object,
                 place,
-                keys: Keys::default(),
+                keys_from: self.keys.len(),
+                key_set: None,
+                tape_idx: idx,
+                count: 0,
                 prev_value_end: None,
                 pending_first: None,
                 member: None,
@@ -418,8 +507,10 @@ impl Scanner<'_> {
             self.ws();
             let close = if is_object { b'}' } else { b']' };
             if self.peek() == Some(close) {
-                self.stack.pop();
                 self.i += 1;
+                self.stack.pop();
+                self.out.tape.close(idx, 0, self.i as u32);
+                self.last_value_start = start as usize;
                 self.after_value();
                 return Ok(());
             }
@@ -496,26 +587,30 @@ impl Scanner<'_> {
 
     /// A string at self.i; returns the raw content range and whether it has escapes.
     fn string(&mut self) -> Result<(Range<usize>, bool), ParseError> {
-        self.i += 1; // opening quote
-        let start = self.i;
+        let start = self.i + 1; // after the opening quote
+        let mut at = start;
         let mut escaped = false;
         loop {
-            let Some(&c) = self.b.get(self.i) else {
+            // The next quote or backslash (SIMD search), then one check that no
+            // control character stands before it (a loop the compiler vectorizes).
+            let rest = self.b.get(at..).unwrap_or_default();
+            let Some(n) = memchr::memchr2(b'"', b'\\', rest) else {
                 return err(start - 1, "unterminated string");
             };
-            match c {
-                b'"' => {
-                    let r = start..self.i;
-                    self.i += 1;
-                    return Ok((r, escaped));
-                }
-                b'\\' => {
-                    escaped = true;
-                    self.escape()?;
-                }
-                0x00..=0x1f => return err(self.i, "control character in string"),
-                _ => self.i += 1,
+            let run = rest.get(..n).unwrap_or_default();
+            if run.iter().fold(0xffu8, |m, &c| m.min(c)) < 0x20 {
+                let bad = run.iter().position(|&c| c < 0x20).unwrap_or(0);
+                return err(at + bad, "control character in string");
             }
+            at += n;
+            if rest.get(n) == Some(&b'"') {
+                self.i = at + 1;
+                return Ok((start..at, escaped));
+            }
+            escaped = true;
+            self.i = at;
+            self.escape()?;
+            at = self.i;
         }
     }
 

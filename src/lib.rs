@@ -25,4 +25,5 @@ pub mod log;
 pub mod metrics;
 pub mod proxy;
 pub mod server;
+pub mod tape;
 pub mod upstream;

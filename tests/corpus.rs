@@ -366,3 +366,54 @@ fn validate_command_agrees_with_the_gateway() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("accepted, transformed (1224 -> "), "{text}");
 }
+
+/// The schema is validated over hookgate's own borrowed document ("tape"); it
+/// must judge exactly as the same schema over serde_json's `Value`.
+#[test]
+fn tape_validation_matches_serde_json_validation() {
+    use jsonschema::json::Node;
+    let mut checked = 0;
+    for schema_file in [
+        "sipgate-ai-agents-webhook.v1.json",
+        "sipgate-conversation-intelligence-webhook.v1.json",
+        "sipgate-ai-assistant-legacy-webhook.json",
+    ] {
+        let schema: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(project_root().join("schemas").join(schema_file)).unwrap(),
+        )
+        .unwrap();
+        let reference = jsonschema::validator_for(&schema).unwrap();
+        let tape_validator = jsonschema::options_for::<hookgate::tape::TapeJson>()
+            .build(&schema)
+            .unwrap();
+        for folder in ["valid", "invalid", "ci-valid"] {
+            for (name, body) in files(folder) {
+                let Ok(value) = serde_json::from_slice::<serde_json::Value>(&body) else {
+                    continue;
+                };
+                let Ok(scan) = hookgate::json::scan(&body) else {
+                    continue;
+                };
+                let root = scan.tape.root().unwrap();
+                assert_eq!(
+                    root.to_value().into_owned(),
+                    value,
+                    "{name}: tape does not hold the document"
+                );
+                let mut want: Vec<String> = reference
+                    .iter_errors(&value)
+                    .map(|e| format!("{} {}", e.instance_path(), e.kind().keyword()))
+                    .collect();
+                let mut have: Vec<String> = tape_validator
+                    .iter_errors(root)
+                    .map(|e| format!("{} {}", e.instance_path(), e.kind().keyword()))
+                    .collect();
+                want.sort();
+                have.sort();
+                assert_eq!(have, want, "{schema_file} on {folder}/{name}");
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 200, "{checked}");
+}

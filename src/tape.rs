@@ -1,0 +1,416 @@
+//! A flat, borrowed JSON document ("tape") that the strict scanner fills in one
+//! pass, and its implementation of the `jsonschema` crate's JSON representation
+//! traits, so schemas validate it directly.
+//!
+//! Why: building a `serde_json::Value` costs an allocation per string, object
+//! and array, and dominated the inspection stage's time (about as long as the
+//! strict scan and ten times the validation itself). The tape is one vector of
+//! fixed-size entries pointing into the request body; strings are borrowed
+//! unless they hold escapes.
+
+use crate::json::unescape;
+use jsonschema::json::{Array, Json, JsonNumber, Node, NodeIdentity, Object};
+use jsonschema::JsonType;
+use serde_json::{Map, Value};
+use std::borrow::Cow;
+
+/// What an entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `null`
+    Null,
+    /// `true`
+    True,
+    /// `false`
+    False,
+    /// A number; `val` spans its text.
+    Number,
+    /// A string; `val` spans its raw content (without quotes).
+    String,
+    /// An array; its elements follow it.
+    Array,
+    /// An object; its members' values follow it, each with its `key`.
+    Object,
+}
+
+/// One value of the document. Containers are followed by their children; `end`
+/// is the index just past the last descendant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    /// What it is.
+    pub kind: Kind,
+    /// The member name holds escapes (compare after unescaping).
+    pub key_escaped: bool,
+    /// The string value holds escapes.
+    pub str_escaped: bool,
+    /// Raw member name (without quotes) when the value is an object member.
+    pub key: (u32, u32),
+    /// Raw value span (string content without quotes; number text).
+    pub val: (u32, u32),
+    /// Index just past this entry's subtree.
+    pub end: u32,
+    /// Number of children (containers).
+    pub len: u32,
+}
+
+/// A scanned document: the body and its entries (entry 0 is the root).
+#[derive(Debug, Clone, Default)]
+pub struct Tape<'s> {
+    /// The whole body, proven UTF-8 once by the scanner: slicing it is O(1).
+    src: &'s str,
+    entries: Vec<Entry>,
+}
+
+impl<'s> Tape<'s> {
+    /// An empty tape over `src` with room for `cap` entries.
+    pub fn with_capacity(src: &'s str, cap: usize) -> Self {
+        Tape {
+            src,
+            entries: Vec::with_capacity(cap),
+        }
+    }
+
+    /// The entries.
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// Append an entry; returns its index.
+    pub(crate) fn push(&mut self, e: Entry) -> u32 {
+        self.entries.push(e);
+        (self.entries.len() - 1) as u32
+    }
+
+    /// Close the container at `idx`: its subtree ends here, with `len` children
+    /// and its text ending at `val_end`.
+    pub(crate) fn close(&mut self, idx: u32, len: u32, val_end: u32) {
+        let end = self.entries.len() as u32;
+        if let Some(e) = self.entries.get_mut(idx as usize) {
+            e.end = end;
+            e.len = len;
+            e.val.1 = val_end;
+        }
+    }
+
+    /// The root node.
+    pub fn root(&self) -> Option<TapeNode<'_>> {
+        (!self.entries.is_empty()).then_some(TapeNode::At { tape: self, idx: 0 })
+    }
+
+    fn entry(&self, idx: u32) -> Option<&Entry> {
+        self.entries.get(idx as usize)
+    }
+
+    fn bytes(&self, span: (u32, u32)) -> &'s [u8] {
+        self.src
+            .as_bytes()
+            .get(span.0 as usize..span.1 as usize)
+            .unwrap_or_default()
+    }
+
+    fn text(&self, span: (u32, u32), escaped: bool) -> Cow<'s, str> {
+        if escaped {
+            Cow::Owned(String::from_utf8_lossy(&unescape(self.bytes(span))).into_owned())
+        } else {
+            // Spans start and end at ASCII quotes or delimiters: always char
+            // boundaries, so this never re-validates.
+            Cow::Borrowed(
+                self.src
+                    .get(span.0 as usize..span.1 as usize)
+                    .unwrap_or_default(),
+            )
+        }
+    }
+}
+
+/// The representation marker for `jsonschema::options_for::<TapeJson>()`.
+#[derive(Debug, Clone, Copy)]
+pub struct TapeJson;
+
+/// A node: an entry of a tape, or a free-standing string (member names that
+/// `propertyNames` validates).
+#[derive(Debug, Clone, Copy)]
+pub enum TapeNode<'a> {
+    /// Entry `idx` of `tape`.
+    At {
+        /// The document.
+        tape: &'a Tape<'a>,
+        /// The entry.
+        idx: u32,
+    },
+    /// A string that is not part of a tape.
+    Str(&'a str),
+}
+
+/// An object node.
+#[derive(Debug, Clone, Copy)]
+pub struct TapeObject<'a> {
+    tape: &'a Tape<'a>,
+    idx: u32,
+}
+
+/// An array node.
+#[derive(Debug, Clone, Copy)]
+pub struct TapeArray<'a> {
+    tape: &'a Tape<'a>,
+    idx: u32,
+}
+
+/// A number, kept as its text.
+#[derive(Debug, Clone, Copy)]
+pub struct TapeNumber<'a>(&'a str);
+
+/// Iterates over the children of a container.
+pub struct Children<'a> {
+    tape: &'a Tape<'a>,
+    next: u32,
+    end: u32,
+}
+
+impl<'a> Iterator for Children<'a> {
+    type Item = (&'a Entry, u32);
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.next >= self.end {
+            return None;
+        }
+        let idx = self.next;
+        let e = self.tape.entry(idx)?;
+        self.next = e.end.max(idx + 1);
+        Some((e, idx))
+    }
+}
+
+fn children<'a>(tape: &'a Tape<'a>, idx: u32) -> Children<'a> {
+    let end = tape.entry(idx).map_or(idx, |e| e.end);
+    Children {
+        tape,
+        next: idx + 1,
+        end,
+    }
+}
+
+impl Json for TapeJson {
+    type Node<'a> = TapeNode<'a>;
+    type PreparedKey = Box<str>;
+    type StringBuffer = ();
+    // Objects are small and their names are compared in place: a pass over the
+    // members is as cheap as a lookup.
+    const KEYS_PER_LOOKUP: usize = 4;
+    const ACYCLIC: bool = true;
+
+    fn prepare_key(key: &str) -> Box<str> {
+        key.into()
+    }
+
+    fn with_string_node<T>(_: &mut (), string: &str, f: impl FnOnce(TapeNode<'_>) -> T) -> T {
+        f(TapeNode::Str(string))
+    }
+}
+
+impl<'a> TapeNode<'a> {
+    fn entry(&self) -> Option<(&'a Tape<'a>, &'a Entry, u32)> {
+        match *self {
+            TapeNode::At { tape, idx } => tape.entry(idx).map(|e| (tape, e, idx)),
+            TapeNode::Str(_) => None,
+        }
+    }
+}
+
+fn number_value(text: &str) -> Value {
+    serde_json::from_str::<serde_json::Number>(text)
+        .map(Value::Number)
+        .unwrap_or(Value::Null)
+}
+
+fn to_value(tape: &Tape<'_>, idx: u32) -> Value {
+    let Some(e) = tape.entry(idx) else {
+        return Value::Null;
+    };
+    match e.kind {
+        Kind::Null => Value::Null,
+        Kind::True => Value::Bool(true),
+        Kind::False => Value::Bool(false),
+        Kind::Number => number_value(&tape.text(e.val, false)),
+        Kind::String => Value::String(tape.text(e.val, e.str_escaped).into_owned()),
+        Kind::Array => Value::Array(
+            children(tape, idx)
+                .map(|(_, i)| to_value(tape, i))
+                .collect(),
+        ),
+        Kind::Object => {
+            let mut m = Map::new();
+            for (c, i) in children(tape, idx) {
+                m.insert(
+                    tape.text(c.key, c.key_escaped).into_owned(),
+                    to_value(tape, i),
+                );
+            }
+            Value::Object(m)
+        }
+    }
+}
+
+impl<'a> Node<'a, TapeJson> for TapeNode<'a> {
+    type Object = TapeObject<'a>;
+    type Array = TapeArray<'a>;
+    type Number = TapeNumber<'a>;
+
+    fn as_object(&self) -> Option<TapeObject<'a>> {
+        let (tape, e, idx) = self.entry()?;
+        (e.kind == Kind::Object).then_some(TapeObject { tape, idx })
+    }
+
+    fn as_array(&self) -> Option<TapeArray<'a>> {
+        let (tape, e, idx) = self.entry()?;
+        (e.kind == Kind::Array).then_some(TapeArray { tape, idx })
+    }
+
+    fn as_string(&self) -> Option<Cow<'a, str>> {
+        match *self {
+            TapeNode::Str(s) => Some(Cow::Borrowed(s)),
+            TapeNode::At { tape, idx } => {
+                let e = tape.entry(idx)?;
+                (e.kind == Kind::String).then(|| tape.text(e.val, e.str_escaped))
+            }
+        }
+    }
+
+    fn as_number(&self) -> Option<TapeNumber<'a>> {
+        let (tape, e, _) = self.entry()?;
+        if e.kind != Kind::Number {
+            return None;
+        }
+        tape.src
+            .get(e.val.0 as usize..e.val.1 as usize)
+            .map(TapeNumber)
+    }
+
+    fn as_boolean(&self) -> Option<bool> {
+        match self.entry()?.1.kind {
+            Kind::True => Some(true),
+            Kind::False => Some(false),
+            _ => None,
+        }
+    }
+
+    fn is_null(&self) -> bool {
+        self.entry().is_some_and(|(_, e, _)| e.kind == Kind::Null)
+    }
+
+    fn json_type(&self) -> JsonType {
+        match self.entry() {
+            None => JsonType::String,
+            Some((_, e, _)) => match e.kind {
+                Kind::Null => JsonType::Null,
+                Kind::True | Kind::False => JsonType::Boolean,
+                // Like serde_json's representation: integers are told apart by
+                // JsonNumber::is_integer where the schema asks for one.
+                Kind::Number => JsonType::Number,
+                Kind::String => JsonType::String,
+                Kind::Array => JsonType::Array,
+                Kind::Object => JsonType::Object,
+            },
+        }
+    }
+
+    fn equals_value(&self, expected: &Value) -> bool {
+        // The common case (`enum` and `const` of strings) without building a Value.
+        if let (Some(s), Value::String(want)) = (self.as_string(), expected) {
+            return s == want.as_str();
+        }
+        if let Value::String(_) = expected {
+            return false;
+        }
+        jsonschema::json::cmp::equal(&self.to_value(), expected)
+    }
+
+    fn to_value(&self) -> Cow<'a, Value> {
+        match *self {
+            TapeNode::Str(s) => Cow::Owned(Value::String(s.to_string())),
+            TapeNode::At { tape, idx } => Cow::Owned(to_value(tape, idx)),
+        }
+    }
+
+    fn identity(&self) -> Option<NodeIdentity> {
+        match *self {
+            TapeNode::At { tape, idx } => {
+                Some(NodeIdentity::tagged(tape as *const Tape<'_> as usize, idx))
+            }
+            TapeNode::Str(_) => None,
+        }
+    }
+}
+
+impl<'a> Object<'a, TapeJson> for TapeObject<'a> {
+    type Node = TapeNode<'a>;
+    type MemberName = Cow<'a, str>;
+    type MembersIter = Box<dyn Iterator<Item = (Cow<'a, str>, TapeNode<'a>)> + 'a>;
+
+    fn len(&self) -> usize {
+        self.tape.entry(self.idx).map_or(0, |e| e.len as usize)
+    }
+
+    fn get(&self, key: &Box<str>) -> Option<TapeNode<'a>> {
+        let want = key.as_bytes();
+        let tape = self.tape;
+        children(tape, self.idx)
+            .find(|(c, _)| {
+                if c.key_escaped {
+                    unescape(tape.bytes(c.key)) == want
+                } else {
+                    tape.bytes(c.key) == want
+                }
+            })
+            .map(|(_, idx)| TapeNode::At { tape, idx })
+    }
+
+    fn members(&self) -> Self::MembersIter {
+        let tape = self.tape;
+        Box::new(
+            children(tape, self.idx)
+                .map(move |(c, idx)| (tape.text(c.key, c.key_escaped), TapeNode::At { tape, idx })),
+        )
+    }
+}
+
+impl<'a> Array<'a, TapeJson> for TapeArray<'a> {
+    type Node = TapeNode<'a>;
+    type ElementsIter = Box<dyn Iterator<Item = TapeNode<'a>> + 'a>;
+
+    fn len(&self) -> usize {
+        self.tape.entry(self.idx).map_or(0, |e| e.len as usize)
+    }
+
+    fn elements(&self) -> Self::ElementsIter {
+        let tape = self.tape;
+        Box::new(children(tape, self.idx).map(move |(_, idx)| TapeNode::At { tape, idx }))
+    }
+}
+
+impl JsonNumber for TapeNumber<'_> {
+    fn as_u64(&self) -> Option<u64> {
+        self.0.parse().ok()
+    }
+    fn as_i64(&self) -> Option<i64> {
+        self.0.parse().ok()
+    }
+    fn as_f64(&self) -> Option<f64> {
+        self.0.parse().ok()
+    }
+    fn as_str(&self) -> Cow<'_, str> {
+        Cow::Borrowed(self.0)
+    }
+    fn is_integer(&self) -> bool {
+        // No fraction or exponent: an integer however long; otherwise one whose
+        // value has no fractional part (1.0 and 1e3 are integers in JSON Schema).
+        if !self.0.contains(['.', 'e', 'E']) {
+            return true;
+        }
+        self.0
+            .parse::<f64>()
+            .is_ok_and(|v| v.is_finite() && v.fract() == 0.0)
+    }
+    fn to_number(&self) -> Cow<'_, serde_json::Number> {
+        Cow::Owned(serde_json::from_str(self.0).unwrap_or_else(|_| serde_json::Number::from(0)))
+    }
+}
