@@ -17,6 +17,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod framing;
+pub mod h1;
 pub mod headers;
 pub mod inspect;
 pub mod json;

@@ -1,17 +1,18 @@
 //! Delivery (pipeline stage 9): send a cleaned request to a route's upstream and
 //! bring back its answer.
 //!
-//! - HTTP(S) upstreams go through pingora's HTTP/1 connector, which pools and
-//!   reuses connections. Several targets are balanced round-robin; a request is
+//! - HTTP(S) upstreams: pingora's transport connects (TCP, TLS via rustls) and
+//!   hookgate's small HTTP/1.1 client (`h1`) sends each request in one write
+//!   and keeps connections for reuse. Several targets are balanced round-robin; a request is
 //!   retried on the next target only when connecting failed, i.e. when no byte of
 //!   it reached the first one.
 //! - `file:` upstreams append the body as one JSON line and answer 202.
 
 use crate::config::{FileSink, HttpTarget, Upstream, UpstreamTls};
-use bytes::{Bytes, BytesMut};
+use crate::h1;
+use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
-use pingora::connectors::http::v1::Connector;
-use pingora::http::RequestHeader;
+use pingora::connectors::TransportConnector;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::utils::tls::WrappedX509;
 use pingora::ErrorType;
@@ -67,15 +68,24 @@ pub struct Destination {
 
 enum Kind {
     Http {
-        targets: Vec<(HttpTarget, HttpPeer)>,
+        targets: Vec<Target>,
         next: AtomicUsize,
     },
     File(Arc<FileWriter>),
 }
 
-/// Delivery for all routes: the shared connection pool and file writers.
+/// One HTTP(S) target: where to connect, and its idle connections.
+struct Target {
+    http: HttpTarget,
+    peer: HttpPeer,
+    /// `Host` header value.
+    authority: HeaderValue,
+    pool: h1::Pool,
+}
+
+/// Delivery for all routes: pingora's transport (TCP/TLS connect) and file writers.
 pub struct Deliverer {
-    connector: Connector,
+    transport: TransportConnector,
     files: HashMap<PathBuf, Arc<FileWriter>>,
 }
 
@@ -89,7 +99,7 @@ impl Deliverer {
     /// A deliverer with an empty pool.
     pub fn new() -> Self {
         Deliverer {
-            connector: Connector::new(None),
+            transport: TransportConnector::new(None),
             files: HashMap::new(),
         }
     }
@@ -118,9 +128,17 @@ impl Deliverer {
                         peer.options.ca = ca.clone();
                         peer.options.verify_cert = tls.verify;
                         peer.options.verify_hostname = tls.verify;
-                        (t.clone(), peer)
+                        let authority = HeaderValue::from_str(&t.authority).map_err(|_| {
+                            std::io::Error::other("upstream authority is not a header value")
+                        })?;
+                        Ok(Target {
+                            http: t.clone(),
+                            peer,
+                            authority,
+                            pool: h1::Pool::default(),
+                        })
                     })
-                    .collect(),
+                    .collect::<std::io::Result<Vec<Target>>>()?,
                 next: AtomicUsize::new(0),
             },
             Upstream::File(FileSink { path }) => {
@@ -155,6 +173,7 @@ impl Deliverer {
         path_hint: &str,
         req: Outgoing,
     ) -> Result<(Answer, u32), Failure> {
+        let _ = path_hint;
         match &dest.kind {
             Kind::File(w) => w.append(&req.body).await.map(|a| (a, 0)),
             Kind::Http { targets, next } => {
@@ -163,7 +182,7 @@ impl Deliverer {
                 let mut last = Failure::Unavailable("no upstream".into());
                 let mut retries = 0;
                 for i in 0..targets.len() {
-                    let Some((target, peer)) = targets.get((start + i) % targets.len()) else {
+                    let Some(target) = targets.get((start + i) % targets.len()) else {
                         break;
                     };
                     let remaining = deadline.saturating_duration_since(Instant::now());
@@ -173,12 +192,7 @@ impl Deliverer {
                     if i > 0 {
                         retries += 1;
                     }
-                    match tokio::time::timeout(
-                        remaining,
-                        self.exchange(target, peer, path_hint, &req),
-                    )
-                    .await
-                    {
+                    match tokio::time::timeout(remaining, self.exchange(target, &req)).await {
                         Err(_) => return Err(Failure::Timeout),
                         Ok(Ok(a)) => return Ok((a, retries)),
                         Ok(Err(Attempt::Connect(f))) => last = f,
@@ -190,61 +204,40 @@ impl Deliverer {
         }
     }
 
-    async fn exchange(
-        &self,
-        target: &HttpTarget,
-        peer: &HttpPeer,
-        _path_hint: &str,
-        req: &Outgoing,
-    ) -> Result<Answer, Attempt> {
-        let (mut session, _reused) = self
-            .connector
-            .get_http_session(peer)
-            .await
-            .map_err(|e| Attempt::Connect(classify(&e)))?;
-        let mut header =
-            RequestHeader::build("POST", target.path.as_bytes(), Some(req.headers.len() + 2))
-                .map_err(|e| Attempt::Exchange(Failure::Unavailable(e.to_string())))?;
-        let ex = |e: Box<pingora::Error>| Attempt::Exchange(classify(&e));
-        header
-            .insert_header(http::header::HOST, &target.authority)
-            .map_err(ex)?;
-        for (k, v) in &req.headers {
-            header.append_header(k.clone(), v.clone()).map_err(ex)?;
-        }
-        header
-            .insert_header(http::header::CONTENT_LENGTH, req.body.len().to_string())
-            .map_err(ex)?;
-        session
-            .write_request_header(Box::new(header))
-            .await
-            .map_err(ex)?;
-        if !req.body.is_empty() {
-            session.write_body(&req.body).await.map_err(ex)?;
-        }
-        session.finish_body().await.map_err(ex)?;
-        session.read_response().await.map_err(ex)?;
-        let resp = session
-            .resp_header()
-            .ok_or_else(|| Attempt::Exchange(Failure::Unavailable("no response header".into())))?;
-        let status = resp.status.as_u16();
-        let headers = resp.headers.clone();
-        let mut body = BytesMut::new();
-        while let Some(chunk) = session.read_body_bytes().await.map_err(ex)? {
-            if body.len() + chunk.len() > MAX_RESPONSE_BODY {
-                return Err(Attempt::Exchange(Failure::Unavailable(
-                    "response body too large".into(),
-                )));
+    async fn exchange(&self, target: &Target, req: &Outgoing) -> Result<Answer, Attempt> {
+        let (mut stream, reused) = match target.pool.take(UPSTREAM_IDLE).await {
+            Some(s) => (s, true),
+            None => {
+                let (s, _) = self
+                    .transport
+                    .get_stream(&target.peer)
+                    .await
+                    .map_err(|e| Attempt::Connect(classify(&e)))?;
+                (s, false)
             }
-            body.extend_from_slice(&chunk);
+        };
+        // A reused connection that fails is not retried elsewhere: the request
+        // may have reached the upstream before it closed.
+        let _ = reused;
+        let mut headers = Vec::with_capacity(req.headers.len() + 1);
+        headers.push((http::header::HOST, target.authority.clone()));
+        headers.extend(req.headers.iter().cloned());
+        let head = h1::request_head("POST", &target.http.path, &headers, req.body.len());
+        let garbage =
+            |e: h1::ExchangeError| Attempt::Exchange(Failure::Unavailable(format!("{e:?}")));
+        h1::send(&mut stream, &head, &req.body)
+            .await
+            .map_err(garbage)?;
+        let resp = h1::receive(&mut stream, MAX_RESPONSE_BODY)
+            .await
+            .map_err(garbage)?;
+        if resp.reusable {
+            target.pool.put(stream);
         }
-        self.connector
-            .release_http_session(session, peer, Some(UPSTREAM_IDLE))
-            .await;
         Ok(Answer {
-            status,
-            headers,
-            body: body.freeze(),
+            status: resp.status,
+            headers: resp.headers,
+            body: resp.body,
         })
     }
 }

@@ -773,3 +773,97 @@ fn json_log_lines() {
     }
     assert_eq!(access, 1);
 }
+
+// ------------------------------------------------------------ upstream answers
+
+#[test]
+fn every_upstream_response_framing_is_passed_back() {
+    let raw_up = |bytes: &[u8], close: bool| {
+        Upstream::start(Behavior::Raw {
+            bytes: bytes.to_vec(),
+            close,
+        })
+    };
+    let cases: Vec<(&str, Upstream, u16, &[u8], bool)> = vec![
+        (
+            "chunked",
+            raw_up(b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\nX-U: c\r\n\r\n4\r\n{\"a\"\r\n5;ext=1\r\n:true\r\n1\r\n}\r\n0\r\nX-Trailer: t\r\n\r\n", false),
+            201,
+            b"{\"a\":true}",
+            true,
+        ),
+        ("read until close", raw_up(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil close", true), 200, b"until close", false),
+        ("interim 100 first", raw_up(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", false), 200, b"ok", true),
+        ("no content", raw_up(b"HTTP/1.1 204 No Content\r\n\r\n", false), 204, b"", true),
+        ("connection close", raw_up(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok", true), 200, b"ok", false),
+        ("error status", raw_up(b"HTTP/1.1 503 Busy\r\nContent-Length: 4\r\nRetry-After: 5\r\n\r\nbusy", false), 503, b"busy", true),
+    ];
+    for (what, up, status, body, reuses) in cases {
+        let gw = Gateway::start(&config_for(&format!("\"{}\"", up.url("/in")), "", ""));
+        for _ in 0..3 {
+            let r = gw.post("/webhooks/crm", &payload(0));
+            assert_eq!(
+                (r.status, r.body.as_slice()),
+                (status, body),
+                "{what}: {r:?}"
+            );
+            assert_eq!(r.header("transfer-encoding"), None, "{what}");
+        }
+        let conns = up.connections.load(std::sync::atomic::Ordering::SeqCst);
+        if reuses {
+            assert_eq!(conns, 1, "{what}: keep-alive connection not reused");
+        } else {
+            assert_eq!(conns, 3, "{what}: a closed connection was reused");
+        }
+        if what == "error status" {
+            let r = gw.post("/webhooks/crm", &payload(0));
+            assert_eq!(r.header("retry-after"), Some("5"));
+            let m = gw.metrics_text();
+            assert!(
+                m.contains(r#"hookgate_upstream_responses_total{route="crm",status="5xx"}"#),
+                "{m}"
+            );
+        }
+    }
+}
+
+#[test]
+fn broken_upstream_responses_are_502() {
+    let big = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+        5 * 1024 * 1024
+    );
+    for (what, bytes) in [
+        (
+            "bad chunk size",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n".to_vec(),
+        ),
+        (
+            "chunk without CRLF",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabcd0\r\n\r\n".to_vec(),
+        ),
+        (
+            "conflicting lengths",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok".to_vec(),
+        ),
+        (
+            "body cut short",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nok".to_vec(),
+        ),
+        ("response too large", big.into_bytes()),
+        (
+            "protocol switch",
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n".to_vec(),
+        ),
+        ("no status line", b"\r\n\r\n".to_vec()),
+    ] {
+        let up = Upstream::start(Behavior::Raw { bytes, close: true });
+        let gw = Gateway::start(&config_for(&format!("\"{}\"", up.url("/in")), "", ""));
+        let r = gw.post("/webhooks/crm", &payload(0));
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (502, "upstream_unavailable"),
+            "{what}"
+        );
+    }
+}

@@ -4,14 +4,31 @@
 //! - the scan never accepts what serde_json rejects;
 //! - every mode accepts exactly what the scan accepts;
 //! - a transformed body is strict JSON equal to the input with the transcript
-//!   removed in the DOM; an untouched body means the model removes nothing.
+//!   removed in the DOM; an untouched body means the model removes nothing;
+//! - the scanner's tape holds the same document as serde_json's `Value`, and
+//!   the schema judges both alike (same violations, same paths).
 //!
 //! Run: `cargo fuzz run inspect fuzz/seeds -- -max_total_time=600`
 #![no_main]
 
 use hookgate::inspect::{Inspector, Transcription, Validation};
+use jsonschema::json::Node;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
+use std::sync::OnceLock;
+
+const SCHEMA: &str = include_str!("../../schemas/sipgate-ai-agents-webhook.v1.json");
+
+fn validators() -> &'static (jsonschema::Validator, jsonschema::Validator<hookgate::tape::TapeJson>) {
+    static V: OnceLock<(jsonschema::Validator, jsonschema::Validator<hookgate::tape::TapeJson>)> = OnceLock::new();
+    V.get_or_init(|| {
+        let schema: Value = serde_json::from_str(SCHEMA).unwrap();
+        (
+            jsonschema::validator_for(&schema).unwrap(),
+            jsonschema::options_for::<hookgate::tape::TapeJson>().build(&schema).unwrap(),
+        )
+    })
+}
 
 fn model(v: &mut Value, mode: Transcription) {
     let Some(assist) = v.get_mut("assist").and_then(Value::as_object_mut) else { return };
@@ -37,8 +54,18 @@ fn model(v: &mut Value, mode: Transcription) {
 fuzz_target!(|data: &[u8]| {
     let scan = hookgate::json::scan(data);
     let reference = serde_json::from_slice::<Value>(data);
-    if scan.is_ok() {
-        assert!(reference.is_ok(), "scan accepted what serde_json rejects: {:?}", reference.err());
+    if let Ok(scan) = &scan {
+        let Ok(value) = &reference else {
+            panic!("scan accepted what serde_json rejects: {:?}", reference.err());
+        };
+        let root = scan.tape.root().expect("a document has a root");
+        assert_eq!(&root.to_value().into_owned(), value, "the tape holds another document");
+        let (by_value, by_tape) = validators();
+        let mut want: Vec<String> = by_value.iter_errors(value).map(|e| format!("{} {}", e.instance_path(), e.kind().keyword())).collect();
+        let mut have: Vec<String> = by_tape.iter_errors(root).map(|e| format!("{} {}", e.instance_path(), e.kind().keyword())).collect();
+        want.sort();
+        have.sort();
+        assert_eq!(have, want, "tape and Value validation disagree");
     }
     for mode in [Transcription::Keep, Transcription::Strip, Transcription::StripText] {
         let out = Inspector::new(None, Validation::Off, mode).inspect(data);

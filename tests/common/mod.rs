@@ -73,6 +73,8 @@ pub enum Behavior {
     Reset,
     /// Read the request, then answer bytes that are not HTTP.
     Garbage,
+    /// Answer exactly these bytes; then close the connection if `close`.
+    Raw { bytes: Vec<u8>, close: bool },
 }
 
 pub fn ok_answer() -> Behavior {
@@ -178,6 +180,15 @@ fn serve_conn(
                 let s = socket2_linger_zero(out);
                 drop(s);
                 return;
+            }
+            Behavior::Raw { bytes, close } => {
+                if out.write_all(&bytes).is_err() {
+                    return;
+                }
+                if close {
+                    let _ = out.shutdown(Shutdown::Both);
+                    return;
+                }
             }
             Behavior::Garbage => {
                 let _ = out.write_all(b"this is not http\r\n\r\n");
