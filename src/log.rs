@@ -61,6 +61,11 @@ pub struct AccessRecord<'a> {
 }
 
 impl AccessRecord<'_> {
+    /// Whether access lines are written at all (so callers can skip building one).
+    pub fn enabled() -> bool {
+        tracing::enabled!(target: "hookgate::access", tracing::Level::INFO)
+    }
+
     /// Write the line (target `hookgate::access`, level info).
     pub fn emit(&self) {
         let fmt_ip = |ip: Option<IpAddr>| ip.map_or_else(|| "-".to_string(), |i| i.to_string());

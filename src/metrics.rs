@@ -184,17 +184,6 @@ impl Metrics {
         }
     }
 
-    /// Create the per-route series at zero, so dashboards and alerts see them
-    /// before the first request.
-    pub fn init_route(&self, route: &str) {
-        self.requests.with_label_values(&[route, "forwarded"]);
-        self.request_duration.with_label_values(&[route]);
-        self.upstream_duration.with_label_values(&[route]);
-        self.body_bytes.with_label_values(&[route]);
-        self.schema_violations.with_label_values(&[route]);
-        self.upstream_retries.with_label_values(&[route]);
-    }
-
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 * 1024);
@@ -222,6 +211,59 @@ impl Metrics {
     }
 }
 
+/// A route's series, resolved once at start so a request updates them without
+/// hashing label values.
+#[derive(Clone)]
+pub struct RouteMetrics {
+    /// `hookgate_requests_total{route, outcome="forwarded"}`
+    pub forwarded: IntCounter,
+    /// `hookgate_request_duration_seconds{route}`
+    pub duration: Histogram,
+    /// `hookgate_upstream_duration_seconds{route}`
+    pub upstream_duration: Histogram,
+    /// `hookgate_request_body_bytes{route}`
+    pub body_bytes: Histogram,
+    /// `hookgate_schema_violations_total{route}`
+    pub schema_violations: IntCounter,
+    /// `hookgate_transcriptions_removed_total{route, mode}` (routes that remove)
+    pub transcriptions_removed: Option<IntCounter>,
+    /// `hookgate_upstream_responses_total{route, status}` for 1xx..5xx
+    pub responses: [IntCounter; 5],
+    /// `hookgate_upstream_retries_total{route}`
+    pub retries: IntCounter,
+}
+
+impl Metrics {
+    /// Resolve (and create at zero) a route's series.
+    pub fn route(&self, route: &str, removal_mode: Option<&str>) -> RouteMetrics {
+        let class = |c: &str| self.upstream_responses.with_label_values(&[route, c]);
+        RouteMetrics {
+            forwarded: self.requests.with_label_values(&[route, "forwarded"]),
+            duration: self.request_duration.with_label_values(&[route]),
+            upstream_duration: self.upstream_duration.with_label_values(&[route]),
+            body_bytes: self.body_bytes.with_label_values(&[route]),
+            schema_violations: self.schema_violations.with_label_values(&[route]),
+            transcriptions_removed: removal_mode.map(|m| self.transcriptions_removed.with_label_values(&[route, m])),
+            responses: [class("1xx"), class("2xx"), class("3xx"), class("4xx"), class("5xx")],
+            retries: self.upstream_retries.with_label_values(&[route]),
+        }
+    }
+}
+
+impl RouteMetrics {
+    /// The counter of an upstream status's class.
+    pub fn response(&self, status: u16) -> &IntCounter {
+        let i = match status {
+            100..=199 => 0,
+            200..=299 => 1,
+            300..=399 => 2,
+            400..=499 => 3,
+            _ => 4,
+        };
+        &self.responses[i]
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -235,7 +277,7 @@ mod tests {
     #[test]
     fn renders_product_names() {
         let m = Metrics::new();
-        m.init_route("crm");
+        let _ = m.route("crm", Some("strip"));
         m.requests.with_label_values(&["crm", "forwarded"]).inc();
         m.connections_rejected.inc();
         let text = String::from_utf8(m.render()).unwrap();

@@ -42,6 +42,8 @@ pub struct RouteEntry {
     pub route: Arc<Route>,
     /// Where it delivers.
     pub dest: Destination,
+    /// Its metric series.
+    pub metrics: crate::metrics::RouteMetrics,
 }
 
 /// The public HTTP application.
@@ -74,18 +76,14 @@ impl Gateway {
         let mut routes = HashMap::new();
         for r in &cfg.routes {
             let dest = deliverer.destination(&r.upstream, r.timeout, &r.upstream_tls)?;
-            metrics.init_route(&r.name);
             let mode = r.inspector.transcription();
-            if mode != crate::inspect::Transcription::Keep {
-                metrics
-                    .transcriptions_removed
-                    .with_label_values(&[r.name.as_str(), mode.as_str()]);
-            }
+            let removal = (mode != crate::inspect::Transcription::Keep).then(|| mode.as_str());
             routes.insert(
                 r.path.clone(),
                 Arc::new(RouteEntry {
                     route: r.clone(),
                     dest,
+                    metrics: metrics.route(&r.name, removal),
                 }),
             );
         }
@@ -313,10 +311,8 @@ impl Gateway {
         // The permit holds the body's share of the memory budget until the
         // request is done.
         let (body, _budget) = body?;
-        self.metrics
-            .body_bytes
-            .with_label_values(&[&route.name])
-            .observe(body.len() as f64);
+        let rm = &entry.metrics;
+        rm.body_bytes.observe(body.len() as f64);
 
         // Stages 6 to 8: parse, validate, transform.
         let outcome = route.inspector.inspect(&body);
@@ -324,10 +320,7 @@ impl Gateway {
             Ok(o) => o,
             Err(r) => {
                 if matches!(r, Rejection::SchemaViolation(_)) {
-                    self.metrics
-                        .schema_violations
-                        .with_label_values(&[&route.name])
-                        .inc();
+                    rm.schema_violations.inc();
                     log_violations(&route.name, &r, "enforce");
                 }
                 return Err(r);
@@ -335,10 +328,7 @@ impl Gateway {
         };
         f.call_id = outcome.call_id.clone();
         if !outcome.violations.is_empty() {
-            self.metrics
-                .schema_violations
-                .with_label_values(&[&route.name])
-                .inc();
+            rm.schema_violations.inc();
             log_violations(
                 &route.name,
                 &Rejection::SchemaViolation(outcome.violations.clone()),
@@ -346,10 +336,9 @@ impl Gateway {
             );
         }
         if outcome.transcription_removed {
-            self.metrics
-                .transcriptions_removed
-                .with_label_values(&[&route.name, route.inspector.transcription().as_str()])
-                .inc();
+            if let Some(c) = &rm.transcriptions_removed {
+                c.inc();
+            }
         }
         let body = match outcome.body {
             Some(b) => Bytes::from(b),
@@ -360,24 +349,16 @@ impl Gateway {
         let out = self.outgoing(s.req_header(), route, peer, body);
         let t0 = Instant::now();
         let result = self.deliverer.deliver(&entry.dest, &route.path, out).await;
-        f.upstream_time = Some(t0.elapsed());
-        self.metrics
-            .upstream_duration
-            .with_label_values(&[&route.name])
-            .observe(t0.elapsed().as_secs_f64());
+        let upstream_time = t0.elapsed();
+        f.upstream_time = Some(upstream_time);
+        rm.upstream_duration.observe(upstream_time.as_secs_f64());
         match result {
             Ok((answer, retries)) => {
                 if retries > 0 {
-                    self.metrics
-                        .upstream_retries
-                        .with_label_values(&[&route.name])
-                        .inc_by(retries.into());
+                    rm.retries.inc_by(retries.into());
                 }
                 f.upstream_status = Some(answer.status);
-                self.metrics
-                    .upstream_responses
-                    .with_label_values(&[&route.name, Metrics::status_class(answer.status)])
-                    .inc();
+                rm.response(answer.status).inc();
                 let headers = headers::response_forwardable(&answer.headers)
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect();
@@ -440,14 +421,26 @@ impl Gateway {
     fn account(&self, f: &Facts, h: &Handled, started: Instant, written: bool) {
         let route = f.route.as_ref().map_or(NO_ROUTE, |e| e.route.name.as_str());
         let elapsed = started.elapsed();
-        self.metrics
-            .requests
-            .with_label_values(&[route, f.outcome])
-            .inc();
-        self.metrics
-            .request_duration
-            .with_label_values(&[route])
-            .observe(elapsed.as_secs_f64());
+        match &f.route {
+            Some(e) => {
+                if f.outcome == "forwarded" {
+                    e.metrics.forwarded.inc();
+                } else {
+                    self.metrics.requests.with_label_values(&[route, f.outcome]).inc();
+                }
+                e.metrics.duration.observe(elapsed.as_secs_f64());
+            }
+            None => {
+                self.metrics.requests.with_label_values(&[route, f.outcome]).inc();
+                self.metrics
+                    .request_duration
+                    .with_label_values(&[route])
+                    .observe(elapsed.as_secs_f64());
+            }
+        }
+        if !AccessRecord::enabled() {
+            return;
+        }
         AccessRecord {
             request_id: self.lifecycle.next_request_id(),
             peer: f.peer,
