@@ -243,8 +243,15 @@ impl Metrics {
             upstream_duration: self.upstream_duration.with_label_values(&[route]),
             body_bytes: self.body_bytes.with_label_values(&[route]),
             schema_violations: self.schema_violations.with_label_values(&[route]),
-            transcriptions_removed: removal_mode.map(|m| self.transcriptions_removed.with_label_values(&[route, m])),
-            responses: [class("1xx"), class("2xx"), class("3xx"), class("4xx"), class("5xx")],
+            transcriptions_removed: removal_mode
+                .map(|m| self.transcriptions_removed.with_label_values(&[route, m])),
+            responses: [
+                class("1xx"),
+                class("2xx"),
+                class("3xx"),
+                class("4xx"),
+                class("5xx"),
+            ],
             retries: self.upstream_retries.with_label_values(&[route]),
         }
     }

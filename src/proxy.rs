@@ -426,12 +426,18 @@ impl Gateway {
                 if f.outcome == "forwarded" {
                     e.metrics.forwarded.inc();
                 } else {
-                    self.metrics.requests.with_label_values(&[route, f.outcome]).inc();
+                    self.metrics
+                        .requests
+                        .with_label_values(&[route, f.outcome])
+                        .inc();
                 }
                 e.metrics.duration.observe(elapsed.as_secs_f64());
             }
             None => {
-                self.metrics.requests.with_label_values(&[route, f.outcome]).inc();
+                self.metrics
+                    .requests
+                    .with_label_values(&[route, f.outcome])
+                    .inc();
                 self.metrics
                     .request_duration
                     .with_label_values(&[route])

@@ -205,7 +205,7 @@ impl Deliverer {
     }
 
     async fn exchange(&self, target: &Target, req: &Outgoing) -> Result<Answer, Attempt> {
-        let (mut stream, reused) = match target.pool.take(UPSTREAM_IDLE).await {
+        let (mut stream, reused) = match target.pool.take(UPSTREAM_IDLE) {
             Some(s) => (s, true),
             None => {
                 let (s, _) = self

@@ -142,7 +142,7 @@ http {{
         workers = subprocess.run(["pgrep", "-P", str(master.pid)], capture_output=True, text=True).stdout.split()
         return [int(w) for w in workers]
 
-    def hookgate(self, name, port, validation, transcription, log):
+    def hookgate(self, name, port, validation, transcription, log, binary=None):
         d = os.path.join(self.tmp, "hg-" + name)
         os.makedirs(d)
         schema = f'schema = "{SCHEMA}"\n' if validation != "off" else ""
@@ -169,7 +169,7 @@ transcription = "{transcription}"
         with open(path, "w") as f:
             f.write(conf)
         logf = open(os.path.join(d, "hookgate.log"), "w")
-        p = self.spawn([self.args.binary, "run", "-c", path], stderr=logf)
+        p = self.spawn([binary or self.args.binary, "run", "-c", path], stderr=logf)
         wait_port(port)
         time.sleep(0.3)
         return [p.pid]
@@ -225,6 +225,9 @@ def main():
     ap.add_argument("--connections", type=int, default=8)
     ap.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "hookgate"))
     ap.add_argument("--out", default=None, help="also write the markdown table here")
+    ap.add_argument("--compare", action="append", default=[], metavar="NAME=BINARY",
+                    help="also run the full pipeline on another hookgate build (before/after rows)")
+    ap.add_argument("--sizes", default=None, help="comma-separated subset of: 2,64,900 (KB)")
     args = ap.parse_args()
     if args.smoke:
         args.duration, args.repeats = 1, 1
@@ -241,6 +244,9 @@ def main():
         sizes = {"2 KB": 2048, "64 KB": 65536, "900 KB": 921600}
         if args.smoke:
             sizes = {"2 KB": 2048}
+        if args.sizes:
+            keep = {f"{k.strip()} KB" for k in args.sizes.split(",")}
+            sizes = {k: v for k, v in sizes.items() if k in keep}
         payloads = {}
         for label, size in sizes.items():
             path = os.path.join(b.tmp, f"payload-{size}.json")
@@ -264,8 +270,15 @@ def main():
             "hg-full-log": b.hookgate("full-log", ports["hg-full-log"], "enforce", "strip", True),
         }
         ports["upstream"] = b.up_port
+        extra = []
+        for spec in args.compare:
+            name, binary = spec.split("=", 1)
+            row = "hg-full@" + name
+            ports[row] = free_port()
+            pids[row] = b.hookgate("cmp-" + name, ports[row], "enforce", "strip", False, binary=binary)
+            extra.append(row)
         idle_rss = {k: status_kib(v, "VmRSS") for k, v in pids.items() if k.startswith("hg")}
-        rows = ["upstream", "nginx", "node", "hg-pass", "hg-full", "hg-full-log"]
+        rows = ["upstream", "nginx", "node", "hg-pass", "hg-full", "hg-full-log"] + extra
         results = {}
         for rep in range(args.repeats):
             for label in sizes:
