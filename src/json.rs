@@ -136,6 +136,11 @@ fn err<T>(offset: usize, what: &'static str) -> Result<T, ParseError> {
 
 /// Scan a whole document strictly, building its tape.
 pub fn scan(body: &[u8]) -> Result<Scan<'_>, ParseError> {
+    scan_with(body, true)
+}
+
+/// Scan strictly; keep the tape only when `tape` (schema validation needs it).
+pub fn scan_with(body: &[u8], tape: bool) -> Result<Scan<'_>, ParseError> {
     if body.starts_with(&[0xEF, 0xBB, 0xBF]) {
         return err(0, "byte-order mark");
     }
@@ -148,7 +153,12 @@ pub fn scan(body: &[u8]) -> Result<Scan<'_>, ParseError> {
         i: 0,
         stack: Vec::with_capacity(16),
         out: Scan {
-            tape: Tape::with_capacity(text, body.len() / 48 + 8),
+            tape: if tape {
+                // About one entry per 16 bytes of compact JSON: no regrowth.
+                Tape::with_capacity(text, body.len() / 16 + 8)
+            } else {
+                Tape::counting(text)
+            },
             ..Scan::default()
         },
         keys: Vec::with_capacity(64),
@@ -470,7 +480,7 @@ impl<'a> Scanner<'a> {
                 Some(_) => return err(self.i, "unexpected character"),
                 None => return err(self.i, "unexpected end of document"),
             };
-            let idx = self.out.tape.entries().len() as u32;
+            let idx = self.out.tape.next_index();
             self.out.tape.push(Entry {
                 kind,
                 key_escaped: key.escaped,

@@ -59,6 +59,10 @@ pub struct Tape<'s> {
     /// The whole body, proven UTF-8 once by the scanner: slicing it is O(1).
     src: &'s str,
     entries: Vec<Entry>,
+    /// Whether entries are kept (only needed for schema validation).
+    recording: bool,
+    /// Entries seen, kept or not.
+    seen: u32,
 }
 
 impl<'s> Tape<'s> {
@@ -67,7 +71,24 @@ impl<'s> Tape<'s> {
         Tape {
             src,
             entries: Vec::with_capacity(cap),
+            recording: true,
+            seen: 0,
         }
+    }
+
+    /// A tape that only counts (a scan that validates no schema).
+    pub fn counting(src: &'s str) -> Self {
+        Tape {
+            src,
+            entries: Vec::new(),
+            recording: false,
+            seen: 0,
+        }
+    }
+
+    /// The index the next entry gets.
+    pub(crate) fn next_index(&self) -> u32 {
+        self.seen
     }
 
     /// The entries.
@@ -77,14 +98,17 @@ impl<'s> Tape<'s> {
 
     /// Append an entry; returns its index.
     pub(crate) fn push(&mut self, e: Entry) -> u32 {
-        self.entries.push(e);
-        (self.entries.len() - 1) as u32
+        if self.recording {
+            self.entries.push(e);
+        }
+        self.seen += 1;
+        self.seen - 1
     }
 
     /// Close the container at `idx`: its subtree ends here, with `len` children
     /// and its text ending at `val_end`.
     pub(crate) fn close(&mut self, idx: u32, len: u32, val_end: u32) {
-        let end = self.entries.len() as u32;
+        let end = self.seen;
         if let Some(e) = self.entries.get_mut(idx as usize) {
             e.end = end;
             e.len = len;
