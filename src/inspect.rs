@@ -263,3 +263,56 @@ fn describe(kind: &jsonschema::error::ValidationErrorKind) -> String {
         other => format!("fails the `{}` keyword", other.keyword()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema_file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
+        f
+    }
+
+    #[test]
+    fn remote_refs_never_reach_the_network() {
+        // No retriever is compiled in: a $ref outside the file fails at start.
+        for r in [
+            "https://example.com/schema.json",
+            "http://127.0.0.1:9/x.json",
+            "file:///etc/passwd",
+        ] {
+            let f = schema_file(&format!(
+                r#"{{"$schema":"https://json-schema.org/draft/2020-12/schema","properties":{{"a":{{"$ref":"{r}"}}}}}}"#
+            ));
+            let e = compile_schema_file(f.path()).expect_err(r);
+            assert!(e.contains("does not compile"), "{e}");
+        }
+        // Local references within the file work.
+        let f = schema_file(
+            r##"{"$defs":{"s":{"type":"string"}},"properties":{"a":{"$ref":"#/$defs/s"}}}"##,
+        );
+        let s = Arc::new(compile_schema_file(f.path()).unwrap());
+        let i = Inspector::new(Some(s), Validation::Enforce, Transcription::Keep);
+        assert!(i.inspect(br#"{"a":"x"}"#).is_ok());
+        assert!(matches!(
+            i.inspect(br#"{"a":1}"#),
+            Err(Rejection::SchemaViolation(_))
+        ));
+    }
+
+    #[test]
+    fn report_mode_forwards_and_lists_violations() {
+        let f = schema_file(r#"{"required":["version"]}"#);
+        let s = Arc::new(compile_schema_file(f.path()).unwrap());
+        let out = Inspector::new(Some(s), Validation::Report, Transcription::Keep)
+            .inspect(br#"{"other":1}"#)
+            .unwrap();
+        assert_eq!(out.body, None);
+        assert_eq!(out.violations.len(), 1);
+        assert_eq!(
+            out.violations[0].message,
+            "required property \"version\" is missing"
+        );
+    }
+}
