@@ -319,19 +319,11 @@ fn connection_cap_closes_extra_connections_at_once() {
     drop(idle);
 }
 
-/// Peak resident memory of a process (VmHWM), in KiB.
-fn peak_rss_kib(pid: i32) -> u64 {
+/// A memory figure of a process from /proc (VmHWM: peak, VmRSS: now), in KiB.
+fn proc_status_kib(pid: i32, key: &str) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     s.lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
-fn rss_kib(pid: i32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(':')))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
 }
@@ -352,7 +344,7 @@ fn memory_for_bodies_in_flight_is_bounded() {
     for _ in 0..3 {
         assert_eq!(gw.post("/webhooks/crm", &payload(900 * 1024)).status, 200);
     }
-    let base = rss_kib(gw.pid());
+    let base = proc_status_kib(gw.pid(), "VmRSS");
     let body = payload(1024 * 1024);
     let addr = gw.addr;
     let clients: Vec<_> = (0..64)
@@ -365,7 +357,7 @@ fn memory_for_bodies_in_flight_is_bounded() {
         .into_iter()
         .map(|c| c.join().unwrap().unwrap_or(0))
         .collect();
-    let peak = peak_rss_kib(gw.pid());
+    let peak = proc_status_kib(gw.pid(), "VmHWM");
     let ok = statuses.iter().filter(|s| **s == 200).count();
     let overloaded = statuses.iter().filter(|s| **s == 503).count();
     assert_eq!(ok + overloaded, 64, "{statuses:?}");

@@ -45,10 +45,7 @@ pub struct Received {
 
 impl Received {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        find_header(&self.headers, name)
     }
     pub fn header_count(&self, name: &str) -> usize {
         self.headers
@@ -226,16 +223,7 @@ fn read_request(r: &mut BufReader<TcpStream>, conn: usize) -> Option<Received> {
     req.parse(&head).ok()?;
     let method = req.method?.to_string();
     let path = req.path?.to_string();
-    let headers: Vec<(String, String)> = req
-        .headers
-        .iter()
-        .map(|h| {
-            (
-                h.name.to_string(),
-                String::from_utf8_lossy(h.value).into_owned(),
-            )
-        })
-        .collect();
+    let headers = owned_headers(req.headers);
     let get = |n: &str| {
         headers
             .iter()
@@ -280,10 +268,7 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        find_header(&self.headers, name)
     }
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body)
@@ -327,16 +312,7 @@ pub fn read_response(s: &mut TcpStream) -> std::io::Result<Response> {
     resp.parse(&buf[..head_end])
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     let status = resp.code.unwrap_or(0);
-    let headers: Vec<(String, String)> = resp
-        .headers
-        .iter()
-        .map(|h| {
-            (
-                h.name.to_string(),
-                String::from_utf8_lossy(h.value).into_owned(),
-            )
-        })
-        .collect();
+    let headers = owned_headers(resp.headers);
     let cl = headers
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
@@ -393,6 +369,25 @@ pub fn read_response(s: &mut TcpStream) -> std::io::Result<Response> {
         headers,
         body,
     })
+}
+
+/// Header pairs as owned strings (values lossily decoded).
+fn owned_headers(h: &[httparse::Header<'_>]) -> Vec<(String, String)> {
+    h.iter()
+        .map(|h| {
+            (
+                h.name.to_string(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The first value of a header, by case-insensitive name.
+fn find_header<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    h.iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
 }
 
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
