@@ -867,3 +867,25 @@ fn broken_upstream_responses_are_502() {
         );
     }
 }
+
+#[test]
+fn log_level_from_config_and_rust_log() {
+    let up = Upstream::start(ok_answer());
+    // [log] level = "warn": no access lines.
+    let cfg = config_for(&upstream_cfg(&up, "/in"), "", "")
+        .replace("[limits]", "[log]\nlevel = \"warn\"\n\n[limits]");
+    let gw = Gateway::start(&cfg);
+    assert_eq!(gw.post("/webhooks/crm", &payload(0)).status, 200);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!gw.log().contains("hookgate::access"), "{}", gw.log());
+    // RUST_LOG overrides the config.
+    let gw = Gateway::start_with(&cfg, &[("RUST_LOG", "info")], "127.0.0.1");
+    assert_eq!(gw.post("/webhooks/crm", &payload(0)).status, 200);
+    assert!(
+        wait_until(Duration::from_secs(2), || gw
+            .log()
+            .contains("hookgate::access")),
+        "{}",
+        gw.log()
+    );
+}
