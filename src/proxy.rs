@@ -11,7 +11,7 @@
 use crate::access::{AccessPolicy, Client};
 use crate::config::{Config, Limits, Route};
 use crate::error::Rejection;
-use crate::framing::{self, BodyFraming, FramingError, HeadLimits};
+use crate::framing::{self, FramingError, HeadLimits};
 use crate::headers;
 use crate::lifecycle::Lifecycle;
 use crate::log::AccessRecord;
@@ -269,20 +269,18 @@ impl Gateway {
 
         // Framing: refuse what could be read two ways (request smuggling) and
         // heads over the limits, from the bytes as they came.
-        let framing = match s.as_http1() {
-            Some(h1) => framing::check_head(&h1.get_headers_raw_bytes(), self.head_limits)
-                .map_err(|e| match e {
+        // A body on another method is answered by routing (404, or 405 as
+        // product.md documents) and never read: the connection closes after
+        // the answer, so the unread bytes are never taken as a request.
+        if let Some(h1) = s.as_http1() {
+            framing::check_head(&h1.get_headers_raw_bytes(), self.head_limits).map_err(
+                |e| match e {
                     FramingError::Malformed(why) => Rejection::BadRequest(why.into()),
                     FramingError::TooLarge(_) => Rejection::HeaderTooLarge,
-                })?,
-            None => BodyFraming::None,
-        };
-        let req = s.req_header();
-        if req.method != Method::POST && framing != BodyFraming::None {
-            return Err(Rejection::BadRequest(
-                "a body on a request that is not a POST".into(),
-            ));
+                },
+            )?;
         }
+        let req = s.req_header();
 
         // Stages 3 and 4: route, authenticate, method, media type.
         let entry = self.routes.get(req.uri.path()).cloned();

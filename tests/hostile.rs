@@ -143,7 +143,6 @@ fn smuggling_and_framing_tricks_are_refused_and_close_the_connection() {
         ("obsolete line folding", format!("{head}X-Folded: a\r\n b\r\nContent-Length: {n}\r\n\r\n{body}")),
         ("bare LF line ends", format!("POST /webhooks/crm HTTP/1.1\nHost: x\nContent-Type: application/json\nContent-Length: {n}\n\n{body}")),
         ("bare CR", format!("{head}X-A: 1\rX-B: 2\r\nContent-Length: {n}\r\n\r\n{body}")),
-        ("GET with a body", format!("GET /webhooks/crm HTTP/1.1\r\nHost: x\r\nContent-Length: {n}\r\n\r\n{body}")),
         ("HTTP/1.0 chunked", format!("POST /webhooks/crm HTTP/1.0\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n", n)),
         ("space in the request line", format!("POST /webhooks/crm HTTP/1.1 \r\nHost: x\r\nContent-Length: {n}\r\n\r\n{body}")),
         ("header without a colon", format!("{head}Garbage\r\nContent-Length: {n}\r\n\r\n{body}")),
@@ -164,6 +163,39 @@ fn smuggling_and_framing_tricks_are_refused_and_close_the_connection() {
     assert_eq!(up.count(), 0, "a refused request reached the upstream");
     // The gateway still works.
     assert_eq!(gw.post("/webhooks/crm", &payload(0)).status, 200);
+}
+
+#[test]
+fn a_body_on_another_method_is_refused_and_closes_the_connection() {
+    let up = Upstream::start(ok_answer());
+    let gw = Gateway::start(&cfg(&up, "", ""));
+    let body = String::from_utf8(payload(0)).unwrap();
+    let n = body.len();
+    for (method, path, status, code) in [
+        ("GET", "/webhooks/crm", 405, "method_not_allowed"),
+        ("PUT", "/webhooks/crm", 405, "method_not_allowed"),
+        ("DELETE", "/webhooks/crm", 405, "method_not_allowed"),
+        ("GET", "/elsewhere", 404, "route_not_found"),
+    ] {
+        for framing in [
+            format!("Content-Length: {n}\r\n\r\n{body}"),
+            format!("Transfer-Encoding: chunked\r\n\r\n{n:x}\r\n{body}\r\n0\r\n\r\n"),
+        ] {
+            // A second request hidden in the body must never run.
+            let req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{framing}");
+            let mut s = connect(gw.addr);
+            s.write_all(req.as_bytes()).unwrap();
+            let r = read_response(&mut s).unwrap();
+            assert_eq!(
+                (r.status, r.error_code().as_str()),
+                (status, code),
+                "{method} {path}"
+            );
+            assert_eq!(r.header("connection"), Some("close"), "{method} {path}");
+            assert_closed(&mut s, method);
+        }
+    }
+    assert_eq!(up.count(), 0);
 }
 
 #[test]
