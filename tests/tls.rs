@@ -136,15 +136,23 @@ fn have_tools() -> bool {
         .stdout(Stdio::null())
         .status()
         .is_ok();
-    ok("python3") && ok_openssl && ok("curl")
+    if ok("python3") && ok_openssl && ok("curl") {
+        return true;
+    }
+    // Debian's packages, which .ci/run installs: required in CI, skipped elsewhere.
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "python3, openssl and curl are needed in CI (.ci/run installs them)"
+    );
+    eprintln!("SKIP: python3, openssl or curl missing (apt-get install openssl curl python3)");
+    false
 }
 
 #[test]
 fn https_upstream_with_internal_ca() {
-    assert!(
-        have_tools(),
-        "python3, openssl and curl are needed (.ci/run installs them)"
-    );
+    if !have_tools() {
+        return;
+    }
     let certs = tempfile::tempdir().unwrap();
     make_certs(certs.path());
     let up = TlsUpstream::start(certs.path());
@@ -184,10 +192,9 @@ fn https_upstream_with_internal_ca() {
 
 #[test]
 fn tls_listener_serves_https() {
-    assert!(
-        have_tools(),
-        "python3, openssl and curl are needed (.ci/run installs them)"
-    );
+    if !have_tools() {
+        return;
+    }
     let certs = tempfile::tempdir().unwrap();
     make_certs(certs.path());
     let up = Upstream::start(ok_answer());
