@@ -368,7 +368,7 @@ impl<'a> Node<'a, TapeJson> for TapeNode<'a> {
 impl<'a> Object<'a, TapeJson> for TapeObject<'a> {
     type Node = TapeNode<'a>;
     type MemberName = Cow<'a, str>;
-    type MembersIter = Box<dyn Iterator<Item = (Cow<'a, str>, TapeNode<'a>)> + 'a>;
+    type MembersIter = Members<'a>;
 
     fn len(&self) -> usize {
         self.tape.entry(self.idx).map_or(0, |e| e.len as usize)
@@ -389,25 +389,44 @@ impl<'a> Object<'a, TapeJson> for TapeObject<'a> {
     }
 
     fn members(&self) -> Self::MembersIter {
-        let tape = self.tape;
-        Box::new(
-            children(tape, self.idx)
-                .map(move |(c, idx)| (tape.text(c.key, c.key_escaped), TapeNode::At { tape, idx })),
-        )
+        Members(children(self.tape, self.idx))
     }
 }
 
 impl<'a> Array<'a, TapeJson> for TapeArray<'a> {
     type Node = TapeNode<'a>;
-    type ElementsIter = Box<dyn Iterator<Item = TapeNode<'a>> + 'a>;
+    type ElementsIter = Elements<'a>;
 
     fn len(&self) -> usize {
         self.tape.entry(self.idx).map_or(0, |e| e.len as usize)
     }
 
     fn elements(&self) -> Self::ElementsIter {
-        let tape = self.tape;
-        Box::new(children(tape, self.idx).map(move |(_, idx)| TapeNode::At { tape, idx }))
+        Elements(children(self.tape, self.idx))
+    }
+}
+
+/// An object's members, without allocating an iterator per object.
+pub struct Members<'a>(Children<'a>);
+
+impl<'a> Iterator for Members<'a> {
+    type Item = (Cow<'a, str>, TapeNode<'a>);
+    fn next(&mut self) -> Option<Self::Item> {
+        let tape = self.0.tape;
+        self.0
+            .next()
+            .map(|(c, idx)| (tape.text(c.key, c.key_escaped), TapeNode::At { tape, idx }))
+    }
+}
+
+/// An array's elements, without allocating an iterator per array.
+pub struct Elements<'a>(Children<'a>);
+
+impl<'a> Iterator for Elements<'a> {
+    type Item = TapeNode<'a>;
+    fn next(&mut self) -> Option<Self::Item> {
+        let tape = self.0.tape;
+        self.0.next().map(|(_, idx)| TapeNode::At { tape, idx })
     }
 }
 
