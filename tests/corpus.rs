@@ -220,17 +220,8 @@ fn strip_and_strip_text_cut_only_the_transcript() {
 #[test]
 fn no_personal_data_in_logs_or_metrics() {
     let up = Upstream::start(ok_answer());
-    let cfg = config(&up)
-        .replace("[access]", "[access]\n")
-        .replace("validation = \"enforce\"", "validation = \"report\"");
-    let gw = Gateway::start_full(
-        &cfg,
-        &[],
-        "127.0.0.1",
-        "hookgate.toml",
-        &[],
-        &["--log-format", "json"],
-    );
+    let cfg = config(&up).replace("validation = \"enforce\"", "validation = \"report\"");
+    let gw = Gateway::start_json_logs(&cfg);
     let mut needles: Vec<String> = Vec::new();
     let mut sent = 0;
     for (name, body) in valid()

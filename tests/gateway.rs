@@ -738,14 +738,7 @@ fn shipped_default_config_archives_the_sample() {
 fn json_log_lines() {
     let up = Upstream::start(ok_answer());
     let cfg = config_for(&upstream_cfg(&up, "/in"), "", "");
-    let gw = Gateway::start_full(
-        &cfg,
-        &[],
-        "127.0.0.1",
-        "hookgate.toml",
-        &[],
-        &["--log-format", "json"],
-    );
+    let gw = Gateway::start_json_logs(&cfg);
     assert_eq!(gw.post("/webhooks/crm", &payload(0)).status, 200);
     assert!(
         wait_until(Duration::from_secs(2), || gw

@@ -512,6 +512,18 @@ impl Gateway {
         Self::start_full(config, env, host, "hookgate.toml", &[], &[])
     }
 
+    /// Start with `--log-format json`.
+    pub fn start_json_logs(config: &str) -> Gateway {
+        Self::start_full(
+            config,
+            &[],
+            "127.0.0.1",
+            "hookgate.toml",
+            &[],
+            &["--log-format", "json"],
+        )
+    }
+
     /// Start with the config written at `config_rel` inside the temp dir, beside
     /// `files` (relative path, content), with extra command-line `args`.
     pub fn start_full(
