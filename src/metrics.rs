@@ -20,6 +20,17 @@ pub const SIZE_BUCKETS: &[f64] = &[
     256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
 ];
 
+/// The `status` label values of `hookgate_upstream_responses_total`.
+pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Index into [`STATUS_CLASSES`]; anything outside 100..=499 counts as 5xx.
+fn class_index(status: u16) -> usize {
+    match status {
+        100..=499 => usize::from(status / 100) - 1,
+        _ => 4,
+    }
+}
+
 /// The `route` label when no route matched.
 pub const NO_ROUTE: &str = "none";
 
@@ -196,18 +207,7 @@ impl Metrics {
 
     /// The status class label (`2xx` …) of a status code.
     pub fn status_class(status: u16) -> &'static str {
-        match status {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
-        }
-    }
-
-    /// One histogram observation helper.
-    pub fn observe(h: &Histogram, v: f64) {
-        h.observe(v)
+        STATUS_CLASSES[class_index(status)]
     }
 }
 
@@ -236,7 +236,8 @@ pub struct RouteMetrics {
 impl Metrics {
     /// Resolve (and create at zero) a route's series.
     pub fn route(&self, route: &str, removal_mode: Option<&str>) -> RouteMetrics {
-        let class = |c: &str| self.upstream_responses.with_label_values(&[route, c]);
+        let responses =
+            STATUS_CLASSES.map(|c| self.upstream_responses.with_label_values(&[route, c]));
         RouteMetrics {
             forwarded: self.requests.with_label_values(&[route, "forwarded"]),
             duration: self.request_duration.with_label_values(&[route]),
@@ -245,13 +246,7 @@ impl Metrics {
             schema_violations: self.schema_violations.with_label_values(&[route]),
             transcriptions_removed: removal_mode
                 .map(|m| self.transcriptions_removed.with_label_values(&[route, m])),
-            responses: [
-                class("1xx"),
-                class("2xx"),
-                class("3xx"),
-                class("4xx"),
-                class("5xx"),
-            ],
+            responses,
             retries: self.upstream_retries.with_label_values(&[route]),
         }
     }
@@ -260,14 +255,7 @@ impl Metrics {
 impl RouteMetrics {
     /// The counter of an upstream status's class.
     pub fn response(&self, status: u16) -> &IntCounter {
-        let i = match status {
-            100..=199 => 0,
-            200..=299 => 1,
-            300..=399 => 2,
-            400..=499 => 3,
-            _ => 4,
-        };
-        &self.responses[i]
+        &self.responses[class_index(status)]
     }
 }
 
@@ -280,6 +268,22 @@ impl Default for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_classes() {
+        for (status, class) in [
+            (100, "1xx"),
+            (204, "2xx"),
+            (399, "3xx"),
+            (499, "4xx"),
+            (500, "5xx"),
+            (599, "5xx"),
+            (0, "5xx"),
+            (999, "5xx"),
+        ] {
+            assert_eq!(Metrics::status_class(status), class, "{status}");
+        }
+    }
 
     #[test]
     fn renders_product_names() {

@@ -346,7 +346,7 @@ impl Gateway {
         // Stage 8 (headers) and 9: deliver.
         let out = self.outgoing(s.req_header(), route, peer, body);
         let t0 = Instant::now();
-        let result = self.deliverer.deliver(&entry.dest, &route.path, out).await;
+        let result = self.deliverer.deliver(&entry.dest, out).await;
         let upstream_time = t0.elapsed();
         f.upstream_time = Some(upstream_time);
         rm.upstream_duration.observe(upstream_time.as_secs_f64());

@@ -170,10 +170,8 @@ impl Deliverer {
     pub async fn deliver(
         &self,
         dest: &Destination,
-        path_hint: &str,
         req: Outgoing,
     ) -> Result<(Answer, u32), Failure> {
-        let _ = path_hint;
         match &dest.kind {
             Kind::File(w) => w.append(&req.body).await.map(|a| (a, 0)),
             Kind::Http { targets, next } => {
@@ -205,20 +203,18 @@ impl Deliverer {
     }
 
     async fn exchange(&self, target: &Target, req: &Outgoing) -> Result<Answer, Attempt> {
-        let (mut stream, reused) = match target.pool.take(UPSTREAM_IDLE) {
-            Some(s) => (s, true),
+        // A reused connection that fails later is not retried elsewhere (an
+        // Exchange error): the request may have reached the upstream first.
+        let mut stream = match target.pool.take(UPSTREAM_IDLE) {
+            Some(s) => s,
             None => {
-                let (s, _) = self
-                    .transport
+                self.transport
                     .get_stream(&target.peer)
                     .await
-                    .map_err(|e| Attempt::Connect(classify(&e)))?;
-                (s, false)
+                    .map_err(|e| Attempt::Connect(classify(&e)))?
+                    .0
             }
         };
-        // A reused connection that fails is not retried elsewhere: the request
-        // may have reached the upstream before it closed.
-        let _ = reused;
         let mut headers = Vec::with_capacity(req.headers.len() + 1);
         headers.push((http::header::HOST, target.authority.clone()));
         headers.extend(req.headers.iter().cloned());
