@@ -10,27 +10,11 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn have(cmd: &str) -> bool {
-    Command::new(cmd)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
-}
-
-/// Prometheus comes from Debian's package, which .ci/run installs. Outside CI a
-/// machine without it skips with a message; in CI its absence is a failure.
 fn prometheus_available() -> bool {
-    if have("prometheus") && have("promtool") {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "prometheus/promtool missing in CI: .ci/run must install Debian's prometheus"
-    );
-    eprintln!("SKIP: prometheus and promtool are not installed (apt-get install prometheus)");
-    false
+    tools_present(
+        &[("prometheus", "--version"), ("promtool", "--version")],
+        "apt-get install prometheus",
+    )
 }
 
 fn dashboard() -> serde_json::Value {

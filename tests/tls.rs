@@ -123,29 +123,14 @@ impl Drop for TlsUpstream {
 }
 
 fn have_tools() -> bool {
-    let ok = |c: &str| {
-        Command::new(c)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok()
-    };
-    let ok_openssl = Command::new("openssl")
-        .arg("version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok();
-    if ok("python3") && ok_openssl && ok("curl") {
-        return true;
-    }
-    // Debian's packages, which .ci/run installs: required in CI, skipped elsewhere.
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "python3, openssl and curl are needed in CI (.ci/run installs them)"
-    );
-    eprintln!("SKIP: python3, openssl or curl missing (apt-get install openssl curl python3)");
-    false
+    tools_present(
+        &[
+            ("python3", "--version"),
+            ("openssl", "version"),
+            ("curl", "--version"),
+        ],
+        "apt-get install openssl curl python3",
+    )
 }
 
 #[test]

@@ -11,6 +11,34 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+/// Whether outside programs the tests drive are installed, each given as
+/// (command, version argument). They come from Debian's packages, which
+/// .ci/run installs: in CI a missing one fails the test, elsewhere the test
+/// prints SKIP and returns early.
+pub fn tools_present(tools: &[(&str, &str)], install_hint: &str) -> bool {
+    let missing: Vec<&str> = tools
+        .iter()
+        .filter(|(cmd, arg)| {
+            Command::new(cmd)
+                .arg(arg)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_err()
+        })
+        .map(|(cmd, _)| *cmd)
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{missing:?} missing in CI: .ci/run must install them ({install_hint})"
+    );
+    eprintln!("SKIP: {missing:?} not installed ({install_hint})");
+    false
+}
+
 /// A port nothing listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
