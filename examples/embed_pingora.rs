@@ -22,9 +22,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let metrics = Arc::new(Metrics::new());
     let lifecycle = Arc::new(Lifecycle::new());
-    let (gateway, metrics_listener) = server::services(&cfg, metrics, lifecycle.clone())?;
-    my_server.add_service(gateway);
-    my_server.add_service(metrics_listener);
+    // The gateway, its metrics listener and (when a route spools) the spool's
+    // background delivery.
+    server::services(&cfg, metrics, lifecycle.clone())?.add_to(&mut my_server);
     // Mark ready once your own start-up is done (answers /readyz).
     lifecycle.set_ready();
     my_server.run_forever();

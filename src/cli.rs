@@ -1,4 +1,4 @@
-//! The command line: `run` (default), `check`, `validate`.
+//! The command line: `run` (default), `check`, `validate`, `spool`.
 
 use crate::config;
 use crate::inspect::{compile_schema_file, Inspector, Transcription, Validation};
@@ -51,6 +51,48 @@ pub enum Command {
         #[arg(required = true)]
         payloads: Vec<PathBuf>,
     },
+    /// Inspect and manage the durable spool (works beside a running gateway).
+    Spool {
+        /// The spool folder (default: `[spool] dir` of the configuration).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// What to do.
+        #[command(subcommand)]
+        action: SpoolAction,
+    },
+}
+
+/// `hookgate spool` actions.
+#[derive(Debug, Subcommand)]
+pub enum SpoolAction {
+    /// List queued, dead-lettered and damaged messages (no personal data).
+    List,
+    /// Show one message's metadata.
+    Show {
+        /// Message id (from `list`).
+        id: String,
+        /// Also print the stored body (personal data: handle with care).
+        #[arg(long)]
+        body: bool,
+    },
+    /// Queue dead letters again (attempts reset); they are delivered next.
+    Retry {
+        /// Message ids.
+        #[arg(required_unless_present = "all_dead")]
+        ids: Vec<String>,
+        /// Every dead letter.
+        #[arg(long, conflicts_with = "ids")]
+        all_dead: bool,
+    },
+    /// Delete messages for good (queued, dead or damaged).
+    Drop {
+        /// Message ids.
+        #[arg(required_unless_present = "all_dead")]
+        ids: Vec<String>,
+        /// Every dead letter.
+        #[arg(long, conflicts_with = "ids")]
+        all_dead: bool,
+    },
 }
 
 /// Run the command line; returns the process exit code.
@@ -64,6 +106,66 @@ pub fn main() -> ExitCode {
             schema,
             payloads,
         } => validate(&cli.config, route, schema, &payloads),
+        Command::Spool { dir, action } => spool(&cli.config, dir, action),
+    }
+}
+
+fn spool(path: &std::path::Path, dir: Option<PathBuf>, action: SpoolAction) -> ExitCode {
+    use crate::spool::admin;
+    let dir = match dir {
+        Some(d) => d,
+        None => match config::load(path) {
+            Ok(cfg) => match cfg.spool {
+                Some(s) => s.dir,
+                None => {
+                    eprintln!("{} has no [spool] section (or pass --dir)", path.display());
+                    return ExitCode::FAILURE;
+                }
+            },
+            Err(e) => {
+                eprintln!("{e}\n(or pass the spool folder with --dir)");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let layout = crate::spool::store::Layout::new(&dir);
+    if !layout.queue.is_dir() {
+        eprintln!("{} is not a spool folder (no queue/ in it)", dir.display());
+        return ExitCode::FAILURE;
+    }
+    let mut stdout = std::io::stdout().lock();
+    let all_dead = |ids: Vec<String>, all: bool| -> std::io::Result<Vec<String>> {
+        if all {
+            admin::dead_ids(&layout)
+        } else {
+            Ok(ids)
+        }
+    };
+    let result: Result<Vec<String>, admin::AdminError> = match action {
+        SpoolAction::List => admin::list(&layout, &mut stdout)
+            .map(|_| Vec::new())
+            .map_err(Into::into),
+        SpoolAction::Show { id, body } => {
+            admin::show(&layout, &id, body, &mut stdout).map(|_| Vec::new())
+        }
+        SpoolAction::Retry { ids, all_dead: a } => all_dead(ids, a)
+            .map_err(Into::into)
+            .and_then(|ids| admin::retry(&layout, &ids)),
+        SpoolAction::Drop { ids, all_dead: a } => all_dead(ids, a)
+            .map_err(Into::into)
+            .and_then(|ids| admin::drop_messages(&layout, &ids)),
+    };
+    match result {
+        Ok(lines) => {
+            for l in lines {
+                let _ = writeln!(stdout, "{l}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

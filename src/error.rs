@@ -49,6 +49,10 @@ pub enum Rejection {
     HeaderTooLarge,
     /// 503: the memory budget for bodies in flight is used up; try again.
     Overloaded,
+    /// 503: the spool's disk budget (or the disk) is full; nothing was accepted.
+    SpoolFull,
+    /// 503: the spool could not write the message (I/O error); nothing was accepted.
+    SpoolUnavailable,
 }
 
 impl Rejection {
@@ -67,7 +71,7 @@ impl Rejection {
             Rejection::UpstreamUnavailable => 502,
             Rejection::UpstreamTimeout => 504,
             Rejection::HeaderTooLarge => 431,
-            Rejection::Overloaded => 503,
+            Rejection::Overloaded | Rejection::SpoolFull | Rejection::SpoolUnavailable => 503,
         }
     }
 
@@ -88,6 +92,8 @@ impl Rejection {
             Rejection::UpstreamTimeout => "upstream_timeout",
             Rejection::HeaderTooLarge => "header_too_large",
             Rejection::Overloaded => "overloaded",
+            Rejection::SpoolFull => "spool_full",
+            Rejection::SpoolUnavailable => "spool_unavailable",
         }
     }
 
@@ -116,6 +122,10 @@ impl Rejection {
             Rejection::UpstreamTimeout => "the upstream did not answer in time".into(),
             Rejection::HeaderTooLarge => "the request head has too many fields or bytes".into(),
             Rejection::Overloaded => "too many request bodies in flight; retry shortly".into(),
+            Rejection::SpoolFull => "the spool is full; the webhook was not accepted".into(),
+            Rejection::SpoolUnavailable => {
+                "the spool could not store the webhook; it was not accepted".into()
+            }
         }
     }
 
@@ -194,6 +204,8 @@ mod tests {
             (Rejection::InvalidJson("x".into()), 400, "invalid_json"),
             (Rejection::UpstreamUnavailable, 502, "upstream_unavailable"),
             (Rejection::UpstreamTimeout, 504, "upstream_timeout"),
+            (Rejection::SpoolFull, 503, "spool_full"),
+            (Rejection::SpoolUnavailable, 503, "spool_unavailable"),
         ];
         for (r, status, code) in table {
             assert_eq!(r.status(), status, "{code}");

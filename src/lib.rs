@@ -26,5 +26,6 @@ pub mod log;
 pub mod metrics;
 pub mod proxy;
 pub mod server;
+pub mod spool;
 pub mod tape;
 pub mod upstream;

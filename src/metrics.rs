@@ -64,6 +64,28 @@ pub struct Metrics {
     pub connections_open: IntGauge,
     /// `hookgate_connections_over_limit_total`
     pub connections_over_limit: IntCounter,
+    /// The spool's series.
+    pub spool: SpoolMetrics,
+}
+
+/// The durable spool's series.
+#[derive(Clone)]
+pub struct SpoolMetrics {
+    /// `hookgate_spool_messages{route}`: messages waiting for delivery.
+    pub messages: IntGaugeVec,
+    /// `hookgate_spool_oldest_age_seconds{route}`: age of the oldest waiting message.
+    pub oldest_age: prometheus::GaugeVec,
+    /// `hookgate_spool_deliveries_total{route,result}`: background delivery attempts
+    /// by result (`delivered`, `retry`, `dead_lettered`).
+    pub deliveries: IntCounterVec,
+    /// `hookgate_spool_dead_letters{route}`: messages in the dead-letter area.
+    pub dead_letters: IntGaugeVec,
+    /// `hookgate_spool_bytes`: disk used by queued and dead-lettered messages.
+    pub bytes: IntGauge,
+    /// `hookgate_spool_capacity_bytes`: the configured disk budget.
+    pub capacity: IntGauge,
+    /// `hookgate_spool_corrupt_total`: damaged records set aside.
+    pub corrupt: IntCounter,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -157,6 +179,48 @@ impl Metrics {
             "hookgate_connections_over_limit_total",
             "Connections closed at once because server.max_connections were open.",
         ));
+        let spool = SpoolMetrics {
+            messages: must(IntGaugeVec::new(
+                Opts::new(
+                    "hookgate_spool_messages",
+                    "Spooled webhooks waiting for delivery, by route.",
+                ),
+                &["route"],
+            )),
+            oldest_age: must(prometheus::GaugeVec::new(
+                Opts::new(
+                    "hookgate_spool_oldest_age_seconds",
+                    "Age of the oldest spooled webhook waiting for delivery, by route (0 when none).",
+                ),
+                &["route"],
+            )),
+            deliveries: must(IntCounterVec::new(
+                Opts::new(
+                    "hookgate_spool_deliveries_total",
+                    "Background delivery attempts by route and result (delivered, retry, dead_lettered).",
+                ),
+                &["route", "result"],
+            )),
+            dead_letters: must(IntGaugeVec::new(
+                Opts::new(
+                    "hookgate_spool_dead_letters",
+                    "Webhooks in the dead-letter area, by route.",
+                ),
+                &["route"],
+            )),
+            bytes: must(IntGauge::new(
+                "hookgate_spool_bytes",
+                "Disk used by queued and dead-lettered webhooks, in bytes.",
+            )),
+            capacity: must(IntGauge::new(
+                "hookgate_spool_capacity_bytes",
+                "The spool's disk budget (spool.max_bytes), in bytes.",
+            )),
+            corrupt: must(IntCounter::new(
+                "hookgate_spool_corrupt_total",
+                "Damaged spool records found and set aside.",
+            )),
+        };
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
@@ -174,6 +238,13 @@ impl Metrics {
             Box::new(upstream_retries.clone()),
             Box::new(connections_open.clone()),
             Box::new(connections_over_limit.clone()),
+            Box::new(spool.messages.clone()),
+            Box::new(spool.oldest_age.clone()),
+            Box::new(spool.deliveries.clone()),
+            Box::new(spool.dead_letters.clone()),
+            Box::new(spool.bytes.clone()),
+            Box::new(spool.capacity.clone()),
+            Box::new(spool.corrupt.clone()),
         ] {
             must(registry.register(c));
         }
@@ -192,6 +263,7 @@ impl Metrics {
             upstream_retries,
             connections_open,
             connections_over_limit,
+            spool,
         }
     }
 

@@ -9,14 +9,17 @@
 //! with pingora's own connector; nothing needs working around.
 
 use crate::access::{AccessPolicy, Client};
-use crate::config::{Config, Limits, Route};
+use crate::config::{Config, Delivery, Limits, Route};
 use crate::error::Rejection;
 use crate::framing::{self, FramingError, HeadLimits};
 use crate::headers;
 use crate::lifecycle::Lifecycle;
 use crate::log::AccessRecord;
 use crate::metrics::{Metrics, NO_ROUTE};
-use crate::upstream::{Deliverer, Destination, Failure, Outgoing};
+use crate::spool::policy::Verdict;
+use crate::spool::record::{self, Meta};
+use crate::spool::{Accepted, Spool};
+use crate::upstream::{Answer, Deliverer, Destination, Failure, Outgoing};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderName, HeaderValue, Method};
@@ -60,6 +63,8 @@ pub struct Gateway {
     head_limits: HeadLimits,
     /// Body bytes that requests in flight may hold, together.
     body_budget: Arc<Semaphore>,
+    /// The durable spool, when a route uses it.
+    spool: Option<Arc<Spool>>,
 }
 
 /// Marks a connection that already served a request.
@@ -71,6 +76,7 @@ impl Gateway {
         cfg: &Config,
         metrics: Arc<Metrics>,
         lifecycle: Arc<Lifecycle>,
+        spool: Option<Arc<Spool>>,
     ) -> std::io::Result<Self> {
         let mut deliverer = Deliverer::new();
         let mut routes = HashMap::new();
@@ -105,6 +111,7 @@ impl Gateway {
             body_budget: Arc::new(Semaphore::new(
                 usize::try_from(cfg.server.max_inflight_body_bytes).unwrap_or(usize::MAX >> 4),
             )),
+            spool,
         })
     }
 }
@@ -343,48 +350,102 @@ impl Gateway {
             None => body,
         };
 
-        // Stage 8 (headers) and 9: deliver.
-        let out = self.outgoing(s.req_header(), route, peer, body);
-        let t0 = Instant::now();
-        let result = self.deliverer.deliver(&entry.dest, out).await;
-        let upstream_time = t0.elapsed();
-        f.upstream_time = Some(upstream_time);
-        rm.upstream_duration.observe(upstream_time.as_secs_f64());
-        match result {
-            Ok((answer, retries)) => {
-                if retries > 0 {
-                    rm.retries.inc_by(retries.into());
-                }
-                f.upstream_status = Some(answer.status);
-                rm.response(answer.status).inc();
-                let headers = headers::response_forwardable(&answer.headers)
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
-                Ok(Handled {
-                    status: answer.status,
-                    headers,
-                    body: answer.body,
-                    body_unread: false,
-                    close: false,
-                })
+        // Stage 8 (headers) and 9: deliver, now or through the spool.
+        let base = self.base_headers(s.req_header(), route, peer);
+        let spool = match (route.delivery, &self.spool) {
+            (Delivery::Proxy, _) | (_, None) => {
+                let out = with_rules(route, base, body, None);
+                let result = self.deliver(&entry, out, route.timeout, f).await;
+                return match result {
+                    Ok(answer) => Ok(passed_back(answer)),
+                    Err(Failure::Timeout) => Err(Rejection::UpstreamTimeout),
+                    Err(Failure::Unavailable(why)) => {
+                        tracing::warn!(route = %route.name, reason = %why, "upstream unavailable");
+                        Err(Rejection::UpstreamUnavailable)
+                    }
+                };
             }
-            Err(Failure::Timeout) => Err(Rejection::UpstreamTimeout),
-            Err(Failure::Unavailable(why)) => {
-                tracing::warn!(route = %route.name, reason = %why, "upstream unavailable");
-                Err(Rejection::UpstreamUnavailable)
+            (_, Some(spool)) => spool,
+        };
+        let meta = Meta {
+            route: route.name.clone(),
+            accepted_ms: crate::spool::now_ms(),
+            key: record::idempotency_key(outcome.call_id.as_deref(), &body),
+            call_id: outcome.call_id.clone(),
+            headers: base
+                .iter()
+                .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+                .collect(),
+        };
+        if route.delivery == Delivery::ProxyOrSpool {
+            if spool.seen_before(&route.name, &meta.key) {
+                f.outcome = "duplicate";
+                return Ok(accepted_answer("duplicate", None));
+            }
+            let out = with_rules(route, base, body.clone(), Some(&meta.key));
+            let first_try = route.redelivery.first_try.min(route.timeout);
+            match self.deliver(&entry, out, first_try, f).await {
+                Ok(answer)
+                    if route.redelivery.statuses.verdict(answer.status) != Verdict::Retry =>
+                {
+                    return Ok(passed_back(answer));
+                }
+                Ok(answer) => {
+                    tracing::info!(route = %route.name, status = answer.status, "first try failed; spooling");
+                }
+                Err(why) => {
+                    tracing::info!(route = %route.name, reason = ?why, "first try failed; spooling");
+                }
+            }
+        }
+        let check_duplicate = route.delivery == Delivery::Spool;
+        // On failure `accept` forgets the key again: a retry by the sender is welcome.
+        match spool.accept(meta, &body, check_duplicate).await? {
+            Accepted::Duplicate => {
+                f.outcome = "duplicate";
+                Ok(accepted_answer("duplicate", None))
+            }
+            Accepted::Spooled(id) => {
+                f.outcome = "spooled";
+                Ok(accepted_answer("spooled", Some(id.as_str())))
             }
         }
     }
 
-    /// The upstream request's headers: the client's, minus hop-by-hop, framing and
-    /// the secret, plus the forwarding headers, then the route's rules.
-    fn outgoing(
+    /// One delivery with a time budget, with its metrics and facts.
+    async fn deliver(
+        &self,
+        entry: &RouteEntry,
+        out: Outgoing,
+        budget: Duration,
+        f: &mut Facts,
+    ) -> Result<Answer, Failure> {
+        let rm = &entry.metrics;
+        let t0 = Instant::now();
+        let result = self
+            .deliverer
+            .deliver_within(&entry.dest, out, budget)
+            .await;
+        let upstream_time = t0.elapsed();
+        f.upstream_time = Some(upstream_time);
+        rm.upstream_duration.observe(upstream_time.as_secs_f64());
+        let (answer, retries) = result?;
+        if retries > 0 {
+            rm.retries.inc_by(retries.into());
+        }
+        f.upstream_status = Some(answer.status);
+        rm.response(answer.status).inc();
+        Ok(answer)
+    }
+
+    /// The upstream request's headers before the route's rules: the client's,
+    /// minus hop-by-hop, framing and the secret, plus the forwarding headers.
+    fn base_headers(
         &self,
         req: &pingora::http::RequestHeader,
         route: &Route,
         peer: Option<IpAddr>,
-        body: Bytes,
-    ) -> Outgoing {
+    ) -> Vec<(HeaderName, HeaderValue)> {
         let secret_header = route.secret.as_ref().map(|s| &s.header);
         let mut list: Vec<(HeaderName, HeaderValue)> =
             headers::forwardable(&req.headers, secret_header)
@@ -404,16 +465,7 @@ impl Gateway {
             .cloned()
             .unwrap_or(HeaderValue::from_static(self.scheme));
         list.push((HeaderName::from_static("x-forwarded-proto"), proto));
-        headers::apply_rules(&route.headers, |name, value| {
-            list.retain(|(k, _)| k != name);
-            if let Some(v) = value {
-                list.push((name.clone(), v.clone()));
-            }
-        });
-        Outgoing {
-            headers: list,
-            body,
-        }
+        list
     }
 
     fn account(&self, f: &Facts, h: &Handled, started: Instant, written: bool) {
@@ -460,6 +512,62 @@ impl Gateway {
             call_id: f.call_id.as_deref(),
         }
         .emit();
+    }
+}
+
+/// The upstream request: base headers, the route's rules, the idempotency key.
+fn with_rules(
+    route: &Route,
+    mut list: Vec<(HeaderName, HeaderValue)>,
+    body: Bytes,
+    idempotency_key: Option<&str>,
+) -> Outgoing {
+    headers::apply_rules(&route.headers, |name, value| {
+        list.retain(|(k, _)| k != name);
+        if let Some(v) = value {
+            list.push((name.clone(), v.clone()));
+        }
+    });
+    if let Some(v) = idempotency_key.and_then(|k| HeaderValue::from_str(k).ok()) {
+        let name = &route.redelivery.idempotency_header;
+        list.retain(|(k, _)| k != name);
+        list.push((name.clone(), v));
+    }
+    Outgoing {
+        headers: list,
+        body,
+    }
+}
+
+/// The upstream's answer, passed back to the client.
+fn passed_back(answer: Answer) -> Handled {
+    let headers = headers::response_forwardable(&answer.headers)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    Handled {
+        status: answer.status,
+        headers,
+        body: answer.body,
+        body_unread: false,
+        close: false,
+    }
+}
+
+/// 202 for a webhook taken into the spool (or recognised as a duplicate).
+fn accepted_answer(status: &str, id: Option<&str>) -> Handled {
+    let body = match id {
+        Some(id) => format!("{{\"status\":\"{status}\",\"id\":\"{id}\"}}"),
+        None => format!("{{\"status\":\"{status}\"}}"),
+    };
+    Handled {
+        status: 202,
+        headers: vec![(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body: Bytes::from(body),
+        body_unread: false,
+        close: false,
     }
 }
 

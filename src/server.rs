@@ -6,11 +6,15 @@ use crate::config::Config;
 use crate::lifecycle::{Lifecycle, Signals};
 use crate::metrics::Metrics;
 use crate::proxy::{AdmissionFilter, ConnectionLimit, Gateway};
+use crate::spool::worker::{RouteWorker, SpoolService};
+use crate::spool::Spool;
+use crate::upstream::Deliverer;
 use async_trait::async_trait;
 use pingora::apps::http_app::{HttpServer, ServeHttp};
 use pingora::protocols::http::ServerSession;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{ExecutionPhase, RunArgs, Server};
+use pingora::services::background::{background_service, GenBackgroundService};
 use pingora::services::listening::Service;
 use std::sync::Arc;
 
@@ -20,6 +24,9 @@ pub enum StartError {
     /// A `file:` upstream could not be prepared.
     #[error("cannot prepare a file upstream: {0}")]
     FileUpstream(#[from] std::io::Error),
+    /// The spool could not be opened.
+    #[error("cannot open the spool: {0}")]
+    Spool(#[from] crate::spool::SpoolError),
     /// A listener could not be set up.
     #[error("cannot set up listener {addr}: {reason}")]
     Listener {
@@ -48,9 +55,7 @@ pub fn build(
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let (public, ops) = services(cfg, metrics, lifecycle.clone())?;
-    server.add_service(public);
-    server.add_service(ops);
+    services(cfg, metrics, lifecycle.clone())?.add_to(&mut server);
 
     // Ready once pingora runs and every public listener is bound. pingora binds
     // inside its service runtimes and panics there if it cannot: a gateway that is
@@ -78,15 +83,74 @@ pub fn build(
     Ok(server)
 }
 
-/// hookgate's two pingora services: the public gateway (with its accept-time
-/// filter) and the metrics listener. Add them to any pingora `Server`; this is
-/// how hookgate embeds in another pingora proxy (see `examples/embed_pingora.rs`).
+/// hookgate's pingora services.
+pub struct Services {
+    /// The public gateway, with its accept-time filter.
+    pub public: Service<ConnectionLimit>,
+    /// The metrics listener (`/metrics`, `/healthz`, `/readyz`).
+    pub ops: Service<HttpServer<OpsApp>>,
+    /// Background delivery of spooled webhooks, when a route spools.
+    pub spool: Option<GenBackgroundService<SpoolService>>,
+}
+
+impl Services {
+    /// Add every service to a pingora server.
+    pub fn add_to(self, server: &mut Server) {
+        server.add_service(self.public);
+        server.add_service(self.ops);
+        if let Some(s) = self.spool {
+            server.add_service(s);
+        }
+    }
+}
+
+/// hookgate's pingora services: the public gateway (with its accept-time
+/// filter), the metrics listener, and the spool's delivery. Add them to any
+/// pingora `Server`; this is how hookgate embeds in another pingora proxy (see
+/// `examples/embed_pingora.rs`). Opens the spool (and takes its lock) when a
+/// route spools.
 pub fn services(
     cfg: &Config,
     metrics: Arc<Metrics>,
     lifecycle: Arc<Lifecycle>,
-) -> Result<(Service<ConnectionLimit>, Service<HttpServer<OpsApp>>), StartError> {
-    let gateway = Arc::new(Gateway::new(cfg, metrics.clone(), lifecycle.clone())?);
+) -> Result<Services, StartError> {
+    let spooling: Vec<Arc<crate::config::Route>> = cfg
+        .routes
+        .iter()
+        .filter(|r| r.delivery.uses_spool())
+        .cloned()
+        .collect();
+    let (spool, spool_service) = match (&cfg.spool, spooling.is_empty()) {
+        (Some(settings), false) => {
+            let names: Vec<String> = spooling.iter().map(|r| r.name.clone()).collect();
+            let spool = Spool::open(settings, &names, metrics.spool.clone())?;
+            let mut deliverer = Deliverer::new();
+            let mut routes = Vec::new();
+            for r in &spooling {
+                let dest = deliverer.destination(&r.upstream, r.timeout, &r.upstream_tls)?;
+                routes.push(Arc::new(RouteWorker {
+                    route: r.clone(),
+                    dest,
+                }));
+            }
+            let service = SpoolService {
+                spool: spool.clone(),
+                deliverer: Arc::new(deliverer),
+                routes,
+            };
+            (
+                Some(spool),
+                Some(background_service("hookgate spool", service)),
+            )
+        }
+        _ => (None, None),
+    };
+    let gateway = Arc::new(Gateway::new(
+        cfg,
+        metrics.clone(),
+        lifecycle.clone(),
+        spool,
+    )?);
     let limited = ConnectionLimit {
         inner: gateway,
         permits: Arc::new(tokio::sync::Semaphore::new(cfg.server.max_connections)),
@@ -118,7 +182,11 @@ pub fn services(
     );
     ops.add_tcp(&cfg.metrics_listen.to_string());
     ops.threads = Some(1);
-    Ok((public, ops))
+    Ok(Services {
+        public,
+        ops,
+        spool: spool_service,
+    })
 }
 
 /// Whether a TCP socket of this process's network namespace listens on `port`

@@ -172,10 +172,20 @@ impl Deliverer {
         dest: &Destination,
         req: Outgoing,
     ) -> Result<(Answer, u32), Failure> {
+        self.deliver_within(dest, req, dest.timeout).await
+    }
+
+    /// Deliver `req` to `dest` within `budget` (at most the route's timeout).
+    pub async fn deliver_within(
+        &self,
+        dest: &Destination,
+        req: Outgoing,
+        budget: Duration,
+    ) -> Result<(Answer, u32), Failure> {
         match &dest.kind {
             Kind::File(w) => w.append(&req.body).await.map(|a| (a, 0)),
             Kind::Http { targets, next } => {
-                let deadline = Instant::now() + dest.timeout;
+                let deadline = Instant::now() + budget.min(dest.timeout);
                 let start = next.fetch_add(1, Ordering::Relaxed);
                 let mut last = Failure::Unavailable("no upstream".into());
                 let mut retries = 0;

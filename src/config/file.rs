@@ -136,14 +136,44 @@ impl Default for LimitsSection {
     }
 }
 
-/// `[spool]`: durable delivery (reserved for `delivery = "spool"`).
+/// `[spool]`: durable delivery for routes with `delivery = "spool"` or
+/// `"proxy_or_spool"`.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct SpoolSection {
-    /// Spool folder.
+    /// Spool folder (relative to the config file's folder).
     pub dir: Option<String>,
-    /// Disk budget of the spool.
-    pub max_bytes: Option<u64>,
+    /// Disk budget of the spool: queued plus dead-lettered messages (503 beyond).
+    #[serde(default = "default_spool_max_bytes")]
+    pub max_bytes: u64,
+    /// The same webhook (call id and body hash) accepted twice within this many
+    /// seconds is accepted once; 0 turns duplicate suppression off.
+    #[serde(default = "default_dedup_window_s")]
+    pub dedup_window_s: u64,
+}
+
+/// `[route.redelivery]`: how a spooled webhook is delivered in the background.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RedeliverySection {
+    /// `proxy_or_spool`: time given to the first, synchronous attempt.
+    pub first_try_ms: Option<u64>,
+    /// First wait after a failed attempt; doubles each time, with jitter.
+    pub backoff_initial_ms: Option<u64>,
+    /// Longest wait between attempts.
+    pub backoff_max_ms: Option<u64>,
+    /// Attempts before the message is dead-lettered.
+    pub max_attempts: Option<u32>,
+    /// Age after which an undelivered message is dead-lettered.
+    pub max_age_s: Option<u64>,
+    /// Statuses that count as delivered (`"2xx"` or `"204"`).
+    pub success: Option<Vec<String>>,
+    /// Statuses that will never succeed: dead-lettered at once.
+    pub permanent: Option<Vec<String>>,
+    /// Statuses retried even though a class in `permanent` covers them.
+    pub retry: Option<Vec<String>>,
+    /// Header carrying the idempotency key.
+    pub idempotency_header: Option<String>,
 }
 
 /// `[log]`: process logging.
@@ -207,7 +237,7 @@ pub struct RouteSection {
     /// Upstream timeout for the whole exchange.
     #[serde(default = "default_route_timeout_ms")]
     pub timeout_ms: u64,
-    /// `proxy` (only this one is available in this build), `spool`, `proxy_or_spool`.
+    /// `proxy`, `spool` or `proxy_or_spool`.
     #[serde(default = "default_delivery")]
     pub delivery: String,
     /// Per-route override of `[limits] max_body_bytes`.
@@ -226,6 +256,8 @@ pub struct RouteSection {
     /// tests only and is logged loudly at every start.
     #[serde(default = "default_true")]
     pub tls_verify: bool,
+    /// Background delivery settings (`delivery = "spool"` / `"proxy_or_spool"`).
+    pub redelivery: Option<RedeliverySection>,
 }
 
 /// `[route.headers]`.
@@ -285,6 +317,12 @@ fn default_body_timeout_ms() -> u64 {
 fn default_route_timeout_ms() -> u64 {
     8_000
 }
+fn default_spool_max_bytes() -> u64 {
+    1024 * 1024 * 1024
+}
+fn default_dedup_window_s() -> u64 {
+    600
+}
 fn default_delivery() -> String {
     "proxy".into()
 }
@@ -339,7 +377,19 @@ pub const LIMITS_KEYS: &[&str] = &[
     "max_inflight_body_bytes",
 ];
 /// Keys of `[spool]`.
-pub const SPOOL_KEYS: &[&str] = &["dir", "max_bytes"];
+pub const SPOOL_KEYS: &[&str] = &["dir", "max_bytes", "dedup_window_s"];
+/// Keys of `[route.redelivery]`.
+pub const REDELIVERY_KEYS: &[&str] = &[
+    "first_try_ms",
+    "backoff_initial_ms",
+    "backoff_max_ms",
+    "max_attempts",
+    "max_age_s",
+    "success",
+    "permanent",
+    "retry",
+    "idempotency_header",
+];
 /// Keys of `[log]`.
 pub const LOG_KEYS: &[&str] = &["level", "format"];
 /// Keys of `[[route]]`.
@@ -358,6 +408,7 @@ pub const ROUTE_KEYS: &[&str] = &[
     "headers",
     "tls_ca",
     "tls_verify",
+    "redelivery",
 ];
 
 /// The top-level keys a file may have.
@@ -399,5 +450,6 @@ mod tests {
         assert_eq!(serde_fields::<SpoolSection>(), SPOOL_KEYS);
         assert_eq!(serde_fields::<LogSection>(), LOG_KEYS);
         assert_eq!(serde_fields::<RouteSection>(), ROUTE_KEYS);
+        assert_eq!(serde_fields::<RedeliverySection>(), REDELIVERY_KEYS);
     }
 }

@@ -9,7 +9,7 @@ pub mod runtime;
 
 pub use runtime::{
     load, load_str, Config, Delivery, Env, FileSink, HeaderRules, HttpTarget, Limits, ProcessEnv,
-    Route, Secret, ServerSettings, Upstream, UpstreamTls,
+    Redelivery, Route, Secret, ServerSettings, SpoolSettings, Upstream, UpstreamTls,
 };
 
 /// One configuration error and where it is.

@@ -9,6 +9,7 @@ use super::file::{self, FileConfig, OneOrMany, SecretSection, TOP_LEVEL_KEYS};
 use super::{ConfigError, ConfigErrors};
 use crate::access::{parse_net, AccessPolicy, SIPGATE_SOURCE};
 use crate::inspect::{Inspector, Transcription, Validation};
+use crate::spool::policy::{StatusPattern, StatusPolicy};
 use http::{HeaderName, HeaderValue};
 use serde::de::DeserializeOwned;
 use std::collections::{BTreeMap, HashMap};
@@ -55,6 +56,8 @@ pub struct Config {
     pub limits: Limits,
     /// Routes in file order.
     pub routes: Vec<Arc<Route>>,
+    /// The spool, when a route uses it.
+    pub spool: Option<SpoolSettings>,
     /// Log level directive.
     pub log_level: String,
     /// Whether logs are JSON lines.
@@ -131,6 +134,70 @@ impl Secret {
 pub enum Delivery {
     /// The upstream's answer goes back to the caller.
     Proxy,
+    /// Written to the durable spool, 202 at once, delivered in the background.
+    Spool,
+    /// One attempt within `first_try`; spooled (202) when it fails.
+    ProxyOrSpool,
+}
+
+impl Delivery {
+    /// Whether the route needs the spool.
+    pub fn uses_spool(self) -> bool {
+        self != Delivery::Proxy
+    }
+
+    /// The configured spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Delivery::Proxy => "proxy",
+            Delivery::Spool => "spool",
+            Delivery::ProxyOrSpool => "proxy_or_spool",
+        }
+    }
+}
+
+/// `[spool]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpoolSettings {
+    /// The spool folder, resolved.
+    pub dir: PathBuf,
+    /// Disk budget for queued and dead-lettered messages.
+    pub max_bytes: u64,
+    /// Duplicate suppression window (zero: off).
+    pub dedup_window: Duration,
+}
+
+/// `[route.redelivery]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redelivery {
+    /// `proxy_or_spool`: budget of the synchronous attempt.
+    pub first_try: Duration,
+    /// First backoff.
+    pub backoff_initial: Duration,
+    /// Backoff cap.
+    pub backoff_max: Duration,
+    /// Attempts before dead-lettering.
+    pub max_attempts: u32,
+    /// Age before dead-lettering.
+    pub max_age: Duration,
+    /// What each upstream status means.
+    pub statuses: StatusPolicy,
+    /// Header that carries the idempotency key.
+    pub idempotency_header: HeaderName,
+}
+
+impl Default for Redelivery {
+    fn default() -> Self {
+        Redelivery {
+            first_try: Duration::from_millis(2_000),
+            backoff_initial: Duration::from_millis(1_000),
+            backoff_max: Duration::from_secs(300),
+            max_attempts: 100,
+            max_age: Duration::from_secs(3 * 86_400),
+            statuses: StatusPolicy::default(),
+            idempotency_header: HeaderName::from_static("idempotency-key"),
+        }
+    }
 }
 
 /// One HTTP upstream target.
@@ -216,6 +283,8 @@ pub struct Route {
     pub headers: HeaderRules,
     /// Certificate checks for `https://` upstreams.
     pub upstream_tls: UpstreamTls,
+    /// Background delivery settings (spool routes).
+    pub redelivery: Redelivery,
 }
 
 /// Load and validate a configuration file from disk, reading `${NAME}` from the
@@ -579,10 +648,31 @@ impl Builder<'_> {
         );
 
         // [spool]
-        if fc.spool.is_some() {
-            // Accepted so that configs written for the spool parse; it has no effect
-            // until a route uses delivery = "spool" (which this build refuses below).
-        }
+        let spool = fc.spool.as_ref().and_then(|sp| {
+            if sp.max_bytes < 1024 * 1024 {
+                self.err("spool.max_bytes", "must be at least 1048576 (1 MiB)");
+            }
+            if sp.dedup_window_s > 7 * 86_400 {
+                self.err("spool.dedup_window_s", "must be at most 604800 (7 days)");
+            }
+            match &sp.dir {
+                None => {
+                    self.err(
+                        "spool.dir",
+                        "the spool needs a folder, e.g. dir = \"var/spool\"",
+                    );
+                    None
+                }
+                Some(d) => {
+                    let d = self.expand("spool.dir", d);
+                    Some(SpoolSettings {
+                        dir: self.resolve_path(&d),
+                        max_bytes: sp.max_bytes,
+                        dedup_window: Duration::from_secs(sp.dedup_window_s),
+                    })
+                }
+            }
+        });
 
         // [log]
         let log_json = match fc.log.format.as_str() {
@@ -622,6 +712,15 @@ impl Builder<'_> {
                 );
             }
             if let Some(route) = self.route(&at, r, limits, &secret) {
+                if route.delivery.uses_spool() && fc.spool.is_none() {
+                    self.err(
+                        format!("{at}.delivery"),
+                        format!(
+                            "{:?} needs a [spool] section with a dir",
+                            route.delivery.as_str()
+                        ),
+                    );
+                }
                 if route.limits.max_body_bytes > fc.limits.max_inflight_body_bytes {
                     self.err(
                         format!("{at}.max_body_bytes"),
@@ -640,6 +739,7 @@ impl Builder<'_> {
             secret,
             limits,
             routes,
+            spool,
             log_level: fc.log.level.clone(),
             log_json,
         })
@@ -752,13 +852,8 @@ impl Builder<'_> {
         }
         let delivery = match r.delivery.as_str() {
             "proxy" => Delivery::Proxy,
-            "spool" | "proxy_or_spool" => {
-                self.err(
-                    format!("{at}.delivery"),
-                    format!("{:?} needs the durable spool, which this build does not have yet; use \"proxy\"", r.delivery),
-                );
-                Delivery::Proxy
-            }
+            "spool" => Delivery::Spool,
+            "proxy_or_spool" => Delivery::ProxyOrSpool,
             other => {
                 self.err(
                     format!("{at}.delivery"),
@@ -818,6 +913,7 @@ impl Builder<'_> {
                 Err(e) => self.err(format!("{at}.tls_ca"), e),
             }
         }
+        let redelivery = self.redelivery(&format!("{at}.redelivery"), r);
         let upstream = upstream?;
         if !ok {
             return None;
@@ -833,7 +929,114 @@ impl Builder<'_> {
             secret,
             headers,
             upstream_tls,
+            redelivery,
         })
+    }
+
+    fn redelivery(&mut self, at: &str, r: &file::RouteSection) -> Redelivery {
+        let mut out = Redelivery::default();
+        let Some(rd) = &r.redelivery else {
+            return out;
+        };
+        if r.delivery == "proxy" {
+            self.err(
+                at,
+                "only routes with delivery = \"spool\" or \"proxy_or_spool\" redeliver",
+            );
+        }
+        let ms = |b: &mut Self, key: &str, v: Option<u64>, max: u64, into: &mut Duration| {
+            if let Some(v) = v {
+                if v == 0 || v > max {
+                    b.err(
+                        format!("{at}.{key}"),
+                        format!("must be between 1 and {max}"),
+                    );
+                } else {
+                    *into = Duration::from_millis(v);
+                }
+            }
+        };
+        ms(
+            self,
+            "first_try_ms",
+            rd.first_try_ms,
+            600_000,
+            &mut out.first_try,
+        );
+        ms(
+            self,
+            "backoff_initial_ms",
+            rd.backoff_initial_ms,
+            3_600_000,
+            &mut out.backoff_initial,
+        );
+        ms(
+            self,
+            "backoff_max_ms",
+            rd.backoff_max_ms,
+            86_400_000,
+            &mut out.backoff_max,
+        );
+        if out.backoff_max < out.backoff_initial {
+            self.err(
+                format!("{at}.backoff_max_ms"),
+                "must not be below backoff_initial_ms",
+            );
+        }
+        if let Some(n) = rd.max_attempts {
+            if n == 0 {
+                self.err(format!("{at}.max_attempts"), "must be at least 1");
+            } else {
+                out.max_attempts = n;
+            }
+        }
+        if let Some(s) = rd.max_age_s {
+            if s == 0 || s > 365 * 86_400 {
+                self.err(format!("{at}.max_age_s"), "must be between 1 and 31536000");
+            } else {
+                out.max_age = Duration::from_secs(s);
+            }
+        }
+        let list =
+            |b: &mut Self, key: &str, v: &Option<Vec<String>>, into: &mut Vec<StatusPattern>| {
+                if let Some(v) = v {
+                    into.clear();
+                    for (i, s) in v.iter().enumerate() {
+                        match StatusPattern::parse(s) {
+                            Ok(p) => into.push(p),
+                            Err(e) => b.err(format!("{at}.{key}[{i}]"), e),
+                        }
+                    }
+                }
+            };
+        list(self, "success", &rd.success, &mut out.statuses.success);
+        list(
+            self,
+            "permanent",
+            &rd.permanent,
+            &mut out.statuses.permanent,
+        );
+        list(self, "retry", &rd.retry, &mut out.statuses.retry);
+        if let Some(p) = out.statuses.conflict() {
+            self.err(
+                at,
+                format!("{p:?} is named in two of success, permanent, retry"),
+            );
+        }
+        if let Some(h) = &rd.idempotency_header {
+            match HeaderName::from_bytes(h.as_bytes()) {
+                Ok(n) if !crate::headers::is_managed(&n) => out.idempotency_header = n,
+                Ok(_) => self.err(
+                    format!("{at}.idempotency_header"),
+                    "this header is managed by hookgate",
+                ),
+                Err(_) => self.err(
+                    format!("{at}.idempotency_header"),
+                    format!("{h:?} is not a valid header name"),
+                ),
+            }
+        }
+        out
     }
 
     fn upstream(&mut self, at: &str, u: &OneOrMany) -> Option<Upstream> {
@@ -992,6 +1195,15 @@ impl Config {
                 ""
             }
         );
+        if let Some(sp) = &self.spool {
+            let _ = writeln!(
+                s,
+                "spool {}: max {} B; duplicates suppressed for {} s",
+                sp.dir.display(),
+                sp.max_bytes,
+                sp.dedup_window.as_secs()
+            );
+        }
         for r in &self.routes {
             let up = match &r.upstream {
                 Upstream::File(f) => format!("file:{}", f.path.display()),
@@ -1014,6 +1226,23 @@ impl Config {
                 r.timeout.as_millis(),
                 if r.secret.is_some() { "; secret required" } else { "" }
             );
+            if r.delivery.uses_spool() {
+                let rd = &r.redelivery;
+                let _ = writeln!(
+                    s,
+                    "  delivery {}: backoff {}-{} ms, dead letter after {} attempts or {} s{}",
+                    r.delivery.as_str(),
+                    rd.backoff_initial.as_millis(),
+                    rd.backoff_max.as_millis(),
+                    rd.max_attempts,
+                    rd.max_age.as_secs(),
+                    if r.delivery == Delivery::ProxyOrSpool {
+                        format!("; first try {} ms", rd.first_try.min(r.timeout).as_millis())
+                    } else {
+                        String::new()
+                    }
+                );
+            }
             if !r.upstream_tls.verify {
                 let _ = writeln!(s, "WARNING route {:?}: upstream TLS certificates are NOT verified (tls_verify = false)", r.name);
             }

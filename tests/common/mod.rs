@@ -100,6 +100,8 @@ pub enum Behavior {
     Garbage,
     /// Answer exactly these bytes; then close the connection if `close`.
     Raw { bytes: Vec<u8>, close: bool },
+    /// Answer `status` when the body contains one of `needles`, else 200.
+    FailWhenContains { needles: Vec<Vec<u8>>, status: u16 },
 }
 
 pub fn ok_answer() -> Behavior {
@@ -120,7 +122,12 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn start(behavior: Behavior) -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::start_on("127.0.0.1:0".parse().unwrap(), behavior)
+    }
+
+    /// Start on a given address (e.g. a port reserved earlier, to come up late).
+    pub fn start_on(addr: SocketAddr, behavior: Behavior) -> Upstream {
+        let listener = TcpListener::bind(addr).unwrap();
         let addr = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
@@ -172,6 +179,7 @@ fn serve_conn(
         let Some(req) = read_request(&mut reader, conn) else {
             return;
         };
+        let body = req.body.clone();
         rec.lock().unwrap().push(req);
         let b = beh.lock().unwrap().clone();
         match b {
@@ -212,6 +220,16 @@ fn serve_conn(
                 }
                 if close {
                     let _ = out.shutdown(Shutdown::Both);
+                    return;
+                }
+            }
+            Behavior::FailWhenContains { needles, status } => {
+                let hit = needles
+                    .iter()
+                    .any(|n| body.windows(n.len()).any(|w| w == n.as_slice()));
+                let status = if hit { status } else { 200 };
+                let h = format!("HTTP/1.1 {status} X\r\nContent-Length: 2\r\n\r\nok");
+                if out.write_all(h.as_bytes()).is_err() {
                     return;
                 }
             }

@@ -1,0 +1,597 @@
+//! The durable spool: routes with `delivery = "spool"` (or `"proxy_or_spool"`
+//! after a failed first try) write the cleaned webhook to disk, answer 202, and
+//! deliver it in the background with retries, so that an accepted webhook is
+//! never lost while the internal system is down.
+//!
+//! - [`record`]: the file format (checksummed), ids, idempotency keys.
+//! - [`store`]: the folders and the durable file operations.
+//! - [`policy`]: status verdicts and backoff.
+//! - [`worker`]: one delivery loop per route.
+//! - [`admin`]: the `hookgate spool` commands.
+//!
+//! In memory the spool keeps only an index (id, route, size, attempts, next
+//! try); bodies are read from disk when delivered, so memory does not grow with
+//! the backlog. The index is rebuilt from the folders at start, where damaged
+//! records are set aside.
+
+pub mod admin;
+pub mod policy;
+pub mod record;
+pub mod store;
+pub mod worker;
+
+use crate::config::SpoolSettings;
+use crate::error::Rejection;
+use crate::metrics::SpoolMetrics;
+use record::{Id, IdGen, Meta};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use store::{Layout, State};
+use tokio::sync::Notify;
+
+/// Most keys remembered for duplicate suppression; the oldest go first.
+const DEDUP_MAX_KEYS: usize = 100_000;
+
+/// Why the spool could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    /// A folder could not be created or read.
+    #[error("spool folder {path}: {source}")]
+    Io {
+        /// The folder.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Another process holds the spool.
+    #[error("spool folder {0} is in use by another hookgate process")]
+    Locked(String),
+}
+
+/// What `accept` did with a webhook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Accepted {
+    /// Written durably under this id.
+    Spooled(Id),
+    /// The same webhook was accepted within the dedup window: not stored again.
+    Duplicate,
+}
+
+/// One waiting message.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// Record size on disk.
+    pub size: u64,
+    /// Acceptance time (Unix ms).
+    pub accepted_ms: u64,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// Not before this time (set after a failure of this message alone).
+    pub next_at: Option<Instant>,
+    /// Last failure.
+    pub last_error: Option<String>,
+}
+
+#[derive(Default)]
+struct RouteQueue {
+    entries: BTreeMap<Id, Entry>,
+    /// The whole route waits until then (the upstream as a whole failed).
+    paused_until: Option<Instant>,
+    /// Consecutive upstream-wide failures, for the route's backoff.
+    failures: u32,
+    dead: i64,
+}
+
+#[derive(Default)]
+struct Dedup {
+    seen: HashMap<String, Instant>,
+    order: VecDeque<(Instant, String)>,
+}
+
+impl Dedup {
+    fn expire(&mut self, now: Instant, window: Duration) {
+        while let Some((t, _)) = self.order.front() {
+            if now.duration_since(*t) < window && self.order.len() <= DEDUP_MAX_KEYS {
+                break;
+            }
+            if let Some((t, k)) = self.order.pop_front() {
+                if self.seen.get(&k) == Some(&t) {
+                    self.seen.remove(&k);
+                }
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    used: u64,
+    routes: HashMap<String, RouteQueue>,
+    /// Dead letters: route and size.
+    dead: BTreeMap<Id, (String, u64)>,
+    /// Ids being written by `accept` (the rescan must not take them twice).
+    pending: HashSet<Id>,
+    dedup: Dedup,
+}
+
+/// The spool of one gateway process.
+pub struct Spool {
+    layout: Layout,
+    max_bytes: u64,
+    dedup_window: Duration,
+    ids: IdGen,
+    inner: Mutex<Inner>,
+    wake: HashMap<String, Arc<Notify>>,
+    metrics: SpoolMetrics,
+    _lock: std::fs::File,
+}
+
+/// What the worker should do next for a route.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pick {
+    /// Deliver this message.
+    Deliver(Id),
+    /// Nothing is due before this time.
+    WaitUntil(Instant),
+    /// Nothing waits.
+    Idle,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Spool {
+    /// Open (or create) the spool, take its lock, clear interrupted writes and
+    /// rebuild the index; damaged records go to `corrupt/`. `routes` are the
+    /// names of the routes that spool.
+    pub fn open(
+        settings: &SpoolSettings,
+        routes: &[String],
+        metrics: SpoolMetrics,
+    ) -> Result<Arc<Spool>, SpoolError> {
+        let layout = Layout::new(&settings.dir);
+        let io = |p: &std::path::Path| {
+            let path = p.display().to_string();
+            move |source| SpoolError::Io { path, source }
+        };
+        layout.create().map_err(io(&layout.root))?;
+        let lock_path = layout.root.join("lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io(&lock_path))?;
+        if lock.try_lock().is_err() {
+            return Err(SpoolError::Locked(layout.root.display().to_string()));
+        }
+        let cleared = layout.clear_tmp().map_err(io(&layout.tmp))?;
+        if cleared > 0 {
+            tracing::info!(files = cleared, "spool: removed interrupted writes");
+        }
+        let spool = Spool {
+            max_bytes: settings.max_bytes,
+            dedup_window: settings.dedup_window,
+            ids: IdGen::default(),
+            inner: Mutex::new(Inner::default()),
+            wake: routes
+                .iter()
+                .map(|r| (r.clone(), Arc::new(Notify::new())))
+                .collect(),
+            metrics,
+            _lock: lock,
+            layout,
+        };
+        spool.metrics.capacity.set(settings.max_bytes as i64);
+        {
+            let mut inner = spool.lock();
+            for r in routes {
+                inner.routes.entry(r.clone()).or_default();
+            }
+        }
+        spool.rescan().map_err(io(&spool.layout.queue))?;
+        let (queued, dead, used) = {
+            let inner = spool.lock();
+            let q: usize = inner.routes.values().map(|r| r.entries.len()).sum();
+            (q, inner.dead.len(), inner.used)
+        };
+        tracing::info!(
+            dir = %spool.layout.root.display(),
+            queued, dead, bytes = used, "spool opened"
+        );
+        for (name, rq) in spool.lock().routes.iter() {
+            if !rq.entries.is_empty() && !spool.wake.contains_key(name) {
+                tracing::warn!(route = %name, messages = rq.entries.len(),
+                    "spool: messages for a route that does not spool (or no longer exists); kept until it does");
+            }
+        }
+        Ok(Arc::new(spool))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The folders.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Whether this webhook was accepted within the dedup window (and is
+    /// remembered now if not). Used by `proxy_or_spool` before its first try.
+    pub fn seen_before(&self, route: &str, key: &str) -> bool {
+        if self.dedup_window.is_zero() {
+            return false;
+        }
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let window = self.dedup_window;
+        inner.dedup.expire(now, window);
+        let k = format!("{route}\u{0}{key}");
+        if inner.dedup.seen.contains_key(&k) {
+            return true;
+        }
+        inner.dedup.seen.insert(k.clone(), now);
+        inner.dedup.order.push_back((now, k));
+        false
+    }
+
+    /// Forget a key again (its webhook was not accepted after all).
+    pub fn forget(&self, route: &str, key: &str) {
+        let k = format!("{route}\u{0}{key}");
+        self.lock().dedup.seen.remove(&k);
+    }
+
+    /// Store a cleaned webhook durably. Returns once it is on disk (fsync'd).
+    /// `check_duplicate` is false when the caller already did (`seen_before`).
+    pub async fn accept(
+        self: &Arc<Self>,
+        meta: Meta,
+        body: &[u8],
+        check_duplicate: bool,
+    ) -> Result<Accepted, Rejection> {
+        let route = meta.route.clone();
+        let key = meta.key.clone();
+        if check_duplicate && self.seen_before(&route, &key) {
+            return Ok(Accepted::Duplicate);
+        }
+        let bytes = record::encode(&meta, body);
+        let size = bytes.len() as u64;
+        let id = {
+            let mut inner = self.lock();
+            if inner.used + size > self.max_bytes {
+                drop(inner);
+                self.forget(&route, &key);
+                tracing::warn!(route = %route, "spool full: webhook refused");
+                return Err(Rejection::SpoolFull);
+            }
+            inner.used += size;
+            let id = self.ids.next(meta.accepted_ms);
+            inner.pending.insert(id.clone());
+            id
+        };
+        let me = self.clone();
+        let wid = id.clone();
+        let written = tokio::task::spawn_blocking(move || me.layout.write_durable(&wid, &bytes))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+        let mut inner = self.lock();
+        inner.pending.remove(&id);
+        if let Err(e) = written {
+            inner.used = inner.used.saturating_sub(size);
+            drop(inner);
+            self.forget(&route, &key);
+            self.refresh();
+            if store::is_disk_full(&e) {
+                tracing::warn!(route = %route, "spool: disk full, webhook refused");
+                return Err(Rejection::SpoolFull);
+            }
+            tracing::error!(route = %route, error = %e.kind(), "spool: write failed, webhook refused");
+            return Err(Rejection::SpoolUnavailable);
+        }
+        inner
+            .routes
+            .entry(route.clone())
+            .or_default()
+            .entries
+            .insert(
+                id.clone(),
+                Entry {
+                    size,
+                    accepted_ms: meta.accepted_ms,
+                    attempts: 0,
+                    next_at: None,
+                    last_error: None,
+                },
+            );
+        drop(inner);
+        self.refresh();
+        if let Some(n) = self.wake.get(&route) {
+            n.notify_one();
+        }
+        Ok(Accepted::Spooled(id))
+    }
+
+    /// The next thing to do for `route`: the oldest message that is due, unless
+    /// the route is paused. Messages set aside after their own failure are
+    /// stepped over until their time comes, so one bad message does not block
+    /// the rest.
+    pub fn pick(&self, route: &str, now: Instant) -> Pick {
+        let mut inner = self.lock();
+        let Some(rq) = inner.routes.get_mut(route) else {
+            return Pick::Idle;
+        };
+        if let Some(p) = rq.paused_until {
+            if p > now {
+                return Pick::WaitUntil(p);
+            }
+            rq.paused_until = None;
+        }
+        let mut earliest: Option<Instant> = None;
+        for (id, e) in &rq.entries {
+            match e.next_at {
+                Some(t) if t > now => earliest = Some(earliest.map_or(t, |x| x.min(t))),
+                _ => return Pick::Deliver(id.clone()),
+            }
+        }
+        earliest.map_or(Pick::Idle, Pick::WaitUntil)
+    }
+
+    /// The index entry of a waiting message.
+    pub fn entry(&self, route: &str, id: &Id) -> Option<Entry> {
+        self.lock().routes.get(route)?.entries.get(id).cloned()
+    }
+
+    /// Delivered (or dropped by an operator): remove file and entry.
+    pub fn remove(&self, route: &str, id: &Id) {
+        if let Err(e) = Layout::remove(&self.layout.queue, id) {
+            tracing::error!(route = %route, id = %id, error = %e.kind(), "spool: cannot remove a delivered message");
+        }
+        self.forget_entry(route, id);
+    }
+
+    fn forget_entry(&self, route: &str, id: &Id) {
+        let mut inner = self.lock();
+        let removed = inner
+            .routes
+            .get_mut(route)
+            .and_then(|rq| rq.entries.remove(id));
+        if let Some(e) = removed {
+            inner.used = inner.used.saturating_sub(e.size);
+        }
+        drop(inner);
+        self.refresh();
+    }
+
+    /// The route's upstream answered: end its pause and failure streak.
+    pub fn upstream_ok(&self, route: &str) {
+        if let Some(rq) = self.lock().routes.get_mut(route) {
+            rq.failures = 0;
+            rq.paused_until = None;
+        }
+    }
+
+    /// Record a failed attempt. Returns true when the message was dead-lettered
+    /// (too many attempts, too old, or `permanent`).
+    pub fn failed(
+        &self,
+        route: &crate::config::Route,
+        id: &Id,
+        error: String,
+        permanent: bool,
+        upstream_wide: bool,
+    ) -> bool {
+        let rd = &route.redelivery;
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let Some(rq) = inner.routes.get_mut(&route.name) else {
+            return false;
+        };
+        let Some(e) = rq.entries.get_mut(id) else {
+            return false;
+        };
+        e.attempts = e.attempts.saturating_add(1);
+        e.last_error = Some(error.clone());
+        let age = Duration::from_millis(now_ms().saturating_sub(e.accepted_ms));
+        let dead = permanent || e.attempts >= rd.max_attempts || age >= rd.max_age;
+        let state = State {
+            route: route.name.clone(),
+            attempts: e.attempts,
+            last_error: Some(error),
+            last_attempt_ms: Some(now_ms()),
+        };
+        if !dead {
+            let wait = |n| policy::backoff(rd.backoff_initial, rd.backoff_max, n, fastrand::f64());
+            if upstream_wide {
+                rq.failures = rq.failures.saturating_add(1);
+                rq.paused_until = Some(now + wait(rq.failures));
+            } else {
+                e.next_at = Some(now + wait(e.attempts));
+            }
+            drop(inner);
+            if let Err(err) = self.layout.write_state(&self.layout.queue, id, &state) {
+                tracing::warn!(id = %id, error = %err.kind(), "spool: cannot record an attempt");
+            }
+            return false;
+        }
+        let size = rq.entries.remove(id).map_or(0, |e| e.size);
+        rq.dead += 1;
+        inner.dead.insert(id.clone(), (route.name.clone(), size));
+        drop(inner);
+        if let Err(err) = self.layout.bury(id, &state) {
+            tracing::error!(id = %id, error = %err.kind(), "spool: cannot move a message to the dead letters");
+        }
+        tracing::warn!(route = %route.name, id = %id, attempts = state.attempts,
+            reason = state.last_error.as_deref().unwrap_or(""), "spool: dead-lettered");
+        self.refresh();
+        true
+    }
+
+    /// A record turned out damaged at delivery: set it aside.
+    pub fn corrupt(&self, route: &str, id: &Id) {
+        if let Err(e) = self.layout.set_aside(&self.layout.queue, id) {
+            tracing::error!(id = %id, error = %e.kind(), "spool: cannot set a damaged record aside");
+        }
+        self.metrics.corrupt.inc();
+        tracing::warn!(route = %route, id = %id, "spool: damaged record set aside");
+        self.forget_entry(route, id);
+    }
+
+    /// Wake the route's worker.
+    pub fn wake(&self, route: &str) -> Option<Arc<Notify>> {
+        self.wake.get(route).cloned()
+    }
+
+    /// Bring the index in line with the folders: records added by `hookgate
+    /// spool retry` join, records removed by `hookgate spool drop` leave, and
+    /// damaged ones are set aside. Runs at start and then every second.
+    pub fn rescan(&self) -> std::io::Result<()> {
+        let on_disk = Layout::list(&self.layout.queue)?;
+        let dead_on_disk = Layout::list(&self.layout.dead)?;
+        let disk_ids: HashSet<&Id> = on_disk.iter().map(|(i, _)| i).collect();
+        // New queue records (not known, not being written).
+        let unknown: Vec<(Id, u64)> = {
+            let inner = self.lock();
+            let known = |id: &Id| {
+                inner.pending.contains(id)
+                    || inner.routes.values().any(|rq| rq.entries.contains_key(id))
+            };
+            on_disk
+                .iter()
+                .filter(|(id, _)| !known(id))
+                .cloned()
+                .collect()
+        };
+        let mut found = Vec::new();
+        for (id, size) in unknown {
+            self.ids.observe(&id);
+            let bytes = match std::fs::read(Layout::msg(&self.layout.queue, &id)) {
+                Ok(b) => b,
+                Err(_) => continue, // delivered or moved meanwhile
+            };
+            match record::decode_meta(&bytes) {
+                Ok(meta) => {
+                    let st = Layout::read_state(&self.layout.queue, &id).unwrap_or_default();
+                    found.push((id, size, meta, st));
+                }
+                Err(e) => {
+                    tracing::warn!(id = %id, problem = %e, "spool: damaged record set aside");
+                    self.metrics.corrupt.inc();
+                    let _ = self.layout.set_aside(&self.layout.queue, &id);
+                }
+            }
+        }
+        let mut inner = self.lock();
+        let now = Instant::now();
+        for (id, size, meta, st) in found {
+            if inner.routes.values().any(|rq| rq.entries.contains_key(&id)) {
+                continue;
+            }
+            inner.used += size;
+            if !self.dedup_window.is_zero() {
+                let age = Duration::from_millis(now_ms().saturating_sub(meta.accepted_ms));
+                if age < self.dedup_window {
+                    let k = format!("{}\u{0}{}", meta.route, meta.key);
+                    let t = now.checked_sub(age).unwrap_or(now);
+                    inner.dedup.seen.insert(k.clone(), t);
+                    inner.dedup.order.push_back((t, k));
+                }
+            }
+            let wake = self.wake.get(&meta.route).cloned();
+            inner.routes.entry(meta.route).or_default().entries.insert(
+                id,
+                Entry {
+                    size,
+                    accepted_ms: meta.accepted_ms,
+                    attempts: st.attempts,
+                    next_at: None,
+                    last_error: st.last_error,
+                },
+            );
+            if let Some(w) = wake {
+                w.notify_one();
+            }
+        }
+        // Records gone from the queue folder (dropped or moved by an operator).
+        let mut gone = 0u64;
+        for rq in inner.routes.values_mut() {
+            rq.entries.retain(|id, e| {
+                let keep = disk_ids.contains(id);
+                if !keep {
+                    gone += e.size;
+                }
+                keep
+            });
+        }
+        inner.used = inner.used.saturating_sub(gone);
+        // Dead letters: count them by route.
+        let dead_ids: HashSet<&Id> = dead_on_disk.iter().map(|(i, _)| i).collect();
+        let stale: Vec<Id> = inner
+            .dead
+            .keys()
+            .filter(|id| !dead_ids.contains(id))
+            .cloned()
+            .collect();
+        for id in stale {
+            if let Some((route, size)) = inner.dead.remove(&id) {
+                inner.used = inner.used.saturating_sub(size);
+                if let Some(rq) = inner.routes.get_mut(&route) {
+                    rq.dead -= 1;
+                }
+            }
+        }
+        for (id, size) in dead_on_disk {
+            if inner.dead.contains_key(&id) {
+                continue;
+            }
+            self.ids.observe(&id);
+            let route = match Layout::read_state(&self.layout.dead, &id) {
+                Some(st) if !st.route.is_empty() => st.route,
+                _ => std::fs::read(Layout::msg(&self.layout.dead, &id))
+                    .ok()
+                    .and_then(|b| record::decode_meta(&b).ok())
+                    .map_or_else(|| "unknown".to_string(), |m| m.route),
+            };
+            inner.used += size;
+            inner.routes.entry(route.clone()).or_default().dead += 1;
+            inner.dead.insert(id, (route, size));
+        }
+        let dedup_window = self.dedup_window;
+        inner.dedup.expire(now, dedup_window);
+        drop(inner);
+        self.refresh();
+        Ok(())
+    }
+
+    /// Update the gauges from the index.
+    pub fn refresh(&self) {
+        let inner = self.lock();
+        let now = now_ms();
+        for (name, rq) in &inner.routes {
+            let m = &self.metrics;
+            m.messages
+                .with_label_values(&[name])
+                .set(rq.entries.len() as i64);
+            // Ids sort by acceptance time: the first entry is the oldest.
+            let oldest = rq.entries.values().next().map(|e| e.accepted_ms);
+            m.oldest_age
+                .with_label_values(&[name])
+                .set(oldest.map_or(0.0, |t| now.saturating_sub(t) as f64 / 1000.0));
+            m.dead_letters.with_label_values(&[name]).set(rq.dead);
+        }
+        self.metrics.bytes.set(inner.used as i64);
+    }
+
+    /// Messages waiting, over all routes.
+    pub fn depth(&self) -> usize {
+        self.lock().routes.values().map(|r| r.entries.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,225 @@
+//! The spool's folders and the file operations on them, shared by the running
+//! gateway and the `hookgate spool` commands.
+//!
+//! ```text
+//! <dir>/queue/<id>.msg    waiting for delivery (complete records only)
+//! <dir>/queue/<id>.state  attempts and last error (advisory, rewritten on failure)
+//! <dir>/dead/<id>.msg     dead letters, with their .state
+//! <dir>/tmp/              records being written; emptied at start
+//! <dir>/corrupt/          damaged records set aside at start or delivery
+//! <dir>/lock              held by the running gateway
+//! ```
+//!
+//! A record reaches `queue/` only by rename after it was written and fsync'd,
+//! and the folder is fsync'd after the rename: once `accept` returns, a crash or
+//! power loss cannot lose it.
+
+use super::record::Id;
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// The spool's folders.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// The spool folder.
+    pub root: PathBuf,
+    /// Waiting messages.
+    pub queue: PathBuf,
+    /// Dead letters.
+    pub dead: PathBuf,
+    /// Writes in progress.
+    pub tmp: PathBuf,
+    /// Damaged records.
+    pub corrupt: PathBuf,
+}
+
+/// Attempts and last error of a message, kept beside it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    /// The route (so dead letters can be counted without reading them).
+    pub route: String,
+    /// Delivery attempts so far.
+    pub attempts: u32,
+    /// The last failure: a status or an error kind, never a body.
+    pub last_error: Option<String>,
+    /// When it was last tried (Unix ms).
+    pub last_attempt_ms: Option<u64>,
+}
+
+impl Layout {
+    /// The folders of the spool at `root` (nothing is created).
+    pub fn new(root: &Path) -> Layout {
+        Layout {
+            root: root.to_path_buf(),
+            queue: root.join("queue"),
+            dead: root.join("dead"),
+            tmp: root.join("tmp"),
+            corrupt: root.join("corrupt"),
+        }
+    }
+
+    /// Create the folders (owner-only) if missing.
+    pub fn create(&self) -> std::io::Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        for d in [
+            &self.root,
+            &self.queue,
+            &self.dead,
+            &self.tmp,
+            &self.corrupt,
+        ] {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(d)?;
+        }
+        Ok(())
+    }
+
+    /// The record file of `id` in `folder`.
+    pub fn msg(folder: &Path, id: &Id) -> PathBuf {
+        folder.join(format!("{id}.msg"))
+    }
+
+    /// The state file of `id` in `folder`.
+    pub fn state(folder: &Path, id: &Id) -> PathBuf {
+        folder.join(format!("{id}.state"))
+    }
+
+    /// Write a record durably into `queue/`: temp file, fsync, rename, fsync of
+    /// the folder. On error nothing is left in `queue/`.
+    pub fn write_durable(&self, id: &Id, bytes: &[u8]) -> std::io::Result<()> {
+        let tmp = Layout::msg(&self.tmp, id);
+        let result = (|| {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, Layout::msg(&self.queue, id))?;
+            sync_dir(&self.queue)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    /// Remove every leftover of an interrupted write.
+    pub fn clear_tmp(&self) -> std::io::Result<usize> {
+        let mut n = 0;
+        for e in std::fs::read_dir(&self.tmp)? {
+            let e = e?;
+            if std::fs::remove_file(e.path()).is_ok() {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// The ids of the records in `folder`, sorted, with their sizes.
+    pub fn list(folder: &Path) -> std::io::Result<Vec<(Id, u64)>> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(folder)? {
+            let e = e?;
+            let name = e.file_name();
+            let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".msg")) else {
+                continue;
+            };
+            let Some(id) = Id::parse(stem) else { continue };
+            // A file removed meanwhile is simply not listed.
+            if let Ok(m) = e.metadata() {
+                out.push((id, m.len()));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Read a state file; a missing or unreadable one is `None`.
+    pub fn read_state(folder: &Path, id: &Id) -> Option<State> {
+        let b = std::fs::read(Layout::state(folder, id)).ok()?;
+        serde_json::from_slice(&b).ok()
+    }
+
+    /// Replace a state file (write then rename; not fsync'd: losing it in a
+    /// crash only resets the attempt count).
+    pub fn write_state(&self, folder: &Path, id: &Id, st: &State) -> std::io::Result<()> {
+        let tmp = self.tmp.join(format!("{id}.state"));
+        std::fs::write(&tmp, serde_json::to_vec(st).unwrap_or_default())?;
+        std::fs::rename(&tmp, Layout::state(folder, id))
+    }
+
+    /// Move a message (and its state) from `queue/` to `dead/`, recording `st`.
+    pub fn bury(&self, id: &Id, st: &State) -> std::io::Result<()> {
+        self.write_state(&self.dead, id, st)?;
+        std::fs::rename(Layout::msg(&self.queue, id), Layout::msg(&self.dead, id))?;
+        let _ = std::fs::remove_file(Layout::state(&self.queue, id));
+        sync_dir(&self.dead)
+    }
+
+    /// Set a damaged record aside in `corrupt/`.
+    pub fn set_aside(&self, folder: &Path, id: &Id) -> std::io::Result<()> {
+        std::fs::rename(Layout::msg(folder, id), Layout::msg(&self.corrupt, id))?;
+        let _ = std::fs::remove_file(Layout::state(folder, id));
+        Ok(())
+    }
+
+    /// Delete a message and its state from `folder`. Missing files are fine.
+    pub fn remove(folder: &Path, id: &Id) -> std::io::Result<()> {
+        let _ = std::fs::remove_file(Layout::state(folder, id));
+        match std::fs::remove_file(Layout::msg(folder, id)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// fsync a folder, making renames and new names in it durable.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Whether an I/O error means the disk (or a quota) is full.
+pub fn is_disk_full(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    ) || e.raw_os_error() == Some(28)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spool::record::IdGen;
+
+    #[test]
+    fn durable_write_lands_in_queue_only() {
+        let d = tempfile::tempdir().unwrap();
+        let l = Layout::new(d.path());
+        l.create().unwrap();
+        let id = IdGen::default().next(1);
+        l.write_durable(&id, b"abc").unwrap();
+        assert_eq!(Layout::list(&l.queue).unwrap(), vec![(id.clone(), 3)]);
+        assert!(std::fs::read_dir(&l.tmp).unwrap().next().is_none());
+        // The same id twice is refused (create_new) and leaves nothing behind.
+        assert!(l.write_durable(&id, b"xyz").is_err());
+        assert!(std::fs::read_dir(&l.tmp).unwrap().next().is_none());
+        let st = State {
+            route: "r".into(),
+            attempts: 3,
+            last_error: Some("HTTP 500".into()),
+            last_attempt_ms: Some(9),
+        };
+        l.bury(&id, &st).unwrap();
+        assert!(Layout::list(&l.queue).unwrap().is_empty());
+        assert_eq!(Layout::read_state(&l.dead, &id), Some(st));
+        Layout::remove(&l.dead, &id).unwrap();
+        Layout::remove(&l.dead, &id).unwrap();
+        assert!(Layout::list(&l.dead).unwrap().is_empty());
+    }
+}
