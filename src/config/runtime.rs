@@ -307,6 +307,7 @@ pub fn load_str(text: &str, path: &Path, env: &dyn Env) -> Result<Config, Config
         env,
         base: path.parent().map(Path::to_path_buf).unwrap_or_default(),
         errors: Vec::new(),
+        route_index: Vec::new(),
     };
     let cfg = b.build(text, path);
     if b.errors.is_empty() {
@@ -324,6 +325,8 @@ struct Builder<'a> {
     env: &'a dyn Env,
     base: PathBuf,
     errors: Vec<ConfigError>,
+    /// File position of each parsed route.
+    route_index: Vec<usize>,
 }
 
 impl Builder<'_> {
@@ -430,6 +433,7 @@ impl Builder<'_> {
                         .unwrap_or_default();
                     if let Some(r) = self.typed(&format!("route[{i}]{name}"), r, file::ROUTE_KEYS) {
                         fc.routes.push(r);
+                        self.route_index.push(i);
                     }
                 }
             }
@@ -697,7 +701,9 @@ impl Builder<'_> {
         let mut routes: Vec<Arc<Route>> = Vec::new();
         let mut names: BTreeMap<String, usize> = BTreeMap::new();
         let mut paths: BTreeMap<String, usize> = BTreeMap::new();
-        for (i, r) in fc.routes.iter().enumerate() {
+        for (n, r) in fc.routes.iter().enumerate() {
+            // The position in the file (routes that did not parse are skipped).
+            let i = self.route_index.get(n).copied().unwrap_or(n);
             let at = format!("route[{i}] {:?}", r.name);
             if let Some(prev) = names.insert(r.name.clone(), i) {
                 self.err(
@@ -1020,7 +1026,7 @@ impl Builder<'_> {
         if let Some(p) = out.statuses.conflict() {
             self.err(
                 at,
-                format!("{p:?} is named in two of success, permanent, retry"),
+                format!("\"{p}\" is named in two of success, permanent, retry"),
             );
         }
         if let Some(h) = &rd.idempotency_header {

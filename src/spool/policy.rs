@@ -41,6 +41,15 @@ impl StatusPattern {
     }
 }
 
+impl std::fmt::Display for StatusPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StatusPattern::Exact(n) => write!(f, "{n}"),
+            StatusPattern::Class(c) => write!(f, "{c}xx"),
+        }
+    }
+}
+
 /// What an upstream status means for a spooled message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {

@@ -10,8 +10,8 @@
 //! <dir>/lock              held by the running gateway
 //! ```
 //!
-//! A record reaches `queue/` only by rename after it was written and fsync'd,
-//! and the folder is fsync'd after the rename: once `accept` returns, a crash or
+//! A record reaches `queue/` only by an atomic link after it was written and
+//! fsync'd, and the folder is fsync'd after the link: once `accept` returns, a crash or
 //! power loss cannot lose it.
 
 use super::record::Id;
@@ -88,8 +88,8 @@ impl Layout {
         folder.join(format!("{id}.state"))
     }
 
-    /// Write a record durably into `queue/`: temp file, fsync, rename, fsync of
-    /// the folder. On error nothing is left in `queue/`.
+    /// Write a record durably into `queue/`: temp file, fsync, link into the
+    /// queue, fsync of the folder. On error nothing is left in `queue/`.
     pub fn write_durable(&self, id: &Id, bytes: &[u8]) -> std::io::Result<()> {
         let tmp = Layout::msg(&self.tmp, id);
         let result = (|| {
@@ -100,12 +100,16 @@ impl Layout {
                 .open(&tmp)?;
             f.write_all(bytes)?;
             f.sync_all()?;
-            std::fs::rename(&tmp, Layout::msg(&self.queue, id))?;
-            sync_dir(&self.queue)
+            // A link, not a rename: it never replaces an existing record.
+            let dest = Layout::msg(&self.queue, id);
+            std::fs::hard_link(&tmp, &dest)?;
+            sync_dir(&self.queue).inspect_err(|_| {
+                // Not durable, so not accepted: take it back.
+                let _ = std::fs::remove_file(&dest);
+            })
         })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
+        // Left behind after a crash, the temp file is cleared at the next start.
+        let _ = std::fs::remove_file(&tmp);
         result
     }
 

@@ -1,1 +1,180 @@
+//! The spool's index on its own: ordering, stepping over a failing message,
+//! route pauses, dead letters, duplicates, the budget, and the rescan.
 
+use super::*;
+use crate::config::{Redelivery, Route};
+use crate::metrics::Metrics;
+
+fn settings(dir: &std::path::Path, max_bytes: u64) -> SpoolSettings {
+    SpoolSettings {
+        dir: dir.to_path_buf(),
+        max_bytes,
+        dedup_window: Duration::from_secs(60),
+    }
+}
+
+fn meta(call: &str) -> Meta {
+    Meta {
+        route: "r".into(),
+        accepted_ms: now_ms(),
+        key: record::idempotency_key(Some(call), call.as_bytes()),
+        call_id: Some(call.into()),
+        headers: vec![],
+    }
+}
+
+fn route(max_attempts: u32) -> Route {
+    let cfg = crate::config::load_str(
+        r#"
+[metrics]
+listen = "127.0.0.1:1"
+[server]
+listen = ["127.0.0.1:2"]
+[spool]
+dir = "/nonexistent"
+[[route]]
+name = "r"
+path = "/r"
+upstream = "http://127.0.0.1:3/"
+delivery = "spool"
+"#,
+        std::path::Path::new("/x/h.toml"),
+        &std::collections::HashMap::<String, String>::new(),
+    )
+    .unwrap();
+    let mut r = Arc::try_unwrap(cfg.routes.into_iter().next().unwrap()).unwrap();
+    r.redelivery = Redelivery {
+        backoff_initial: Duration::from_secs(60),
+        backoff_max: Duration::from_secs(60),
+        max_attempts,
+        ..Redelivery::default()
+    };
+    r
+}
+
+fn open(dir: &std::path::Path, max: u64) -> (Arc<Spool>, Metrics) {
+    let m = Metrics::new();
+    let s = Spool::open(&settings(dir, max), &["r".into()], m.spool.clone()).unwrap();
+    (s, m)
+}
+
+async fn put(s: &Arc<Spool>, call: &str) -> Id {
+    match s.accept(meta(call), b"{}", true).await.unwrap() {
+        Accepted::Spooled(id) => id,
+        Accepted::Duplicate => panic!("duplicate"),
+    }
+}
+
+#[tokio::test]
+async fn oldest_first_and_a_failing_message_is_stepped_over() {
+    let d = tempfile::tempdir().unwrap();
+    let (s, _m) = open(d.path(), 1 << 30);
+    let a = put(&s, "a").await;
+    let b = put(&s, "b").await;
+    let now = Instant::now();
+    assert_eq!(s.pick("r", now), Pick::Deliver(a.clone()));
+    // `a` failed on its own (the upstream answered 500): `b` goes next.
+    let r = route(5);
+    assert!(!s.failed(&r, &a, "HTTP 500".into(), false, false));
+    assert_eq!(s.pick("r", Instant::now()), Pick::Deliver(b.clone()));
+    s.remove("r", &b);
+    assert!(matches!(s.pick("r", Instant::now()), Pick::WaitUntil(_)));
+    // Once its time comes, `a` is due again.
+    assert_eq!(
+        s.pick("r", Instant::now() + Duration::from_secs(61)),
+        Pick::Deliver(a.clone())
+    );
+    assert_eq!(s.entry("r", &a).unwrap().attempts, 1);
+    assert_eq!(
+        Layout::read_state(&s.layout().queue, &a)
+            .unwrap()
+            .last_error,
+        Some("HTTP 500".into())
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_wide_failure_pauses_the_route_in_order() {
+    let d = tempfile::tempdir().unwrap();
+    let (s, _m) = open(d.path(), 1 << 30);
+    let a = put(&s, "a").await;
+    let _b = put(&s, "b").await;
+    let r = route(5);
+    assert!(!s.failed(&r, &a, "timeout".into(), false, true));
+    let Pick::WaitUntil(t) = s.pick("r", Instant::now()) else {
+        panic!("the route must wait");
+    };
+    // After the pause the same (oldest) message is tried first.
+    assert_eq!(s.pick("r", t), Pick::Deliver(a.clone()));
+    s.upstream_ok("r");
+    assert_eq!(s.pick("r", Instant::now()), Pick::Deliver(a));
+}
+
+#[tokio::test]
+async fn dead_letters_after_max_attempts_or_at_once_when_permanent() {
+    let d = tempfile::tempdir().unwrap();
+    let (s, m) = open(d.path(), 1 << 30);
+    let a = put(&s, "a").await;
+    let b = put(&s, "b").await;
+    let r = route(2);
+    assert!(!s.failed(&r, &a, "HTTP 500".into(), false, false));
+    assert!(s.failed(&r, &a, "HTTP 500".into(), false, false));
+    assert!(s.failed(&r, &b, "HTTP 400 (permanent)".into(), true, false));
+    assert_eq!(s.depth(), 0);
+    assert_eq!(Layout::list(&s.layout().dead).unwrap().len(), 2);
+    assert_eq!(m.spool.dead_letters.with_label_values(&["r"]).get(), 2);
+    let st = Layout::read_state(&s.layout().dead, &a).unwrap();
+    assert_eq!((st.attempts, st.route.as_str()), (2, "r"));
+    // Dead letters still count against the disk budget.
+    assert!(m.spool.bytes.get() > 0);
+}
+
+#[tokio::test]
+async fn duplicates_and_the_budget() {
+    let d = tempfile::tempdir().unwrap();
+    let (s, m) = open(d.path(), 1024 * 1024);
+    put(&s, "a").await;
+    assert_eq!(
+        s.accept(meta("a"), b"{}", true).await.unwrap(),
+        Accepted::Duplicate
+    );
+    // Over the budget: refused, and the key is forgotten so a retry is welcome.
+    let big = vec![b' '; 1024 * 1024];
+    assert_eq!(
+        s.accept(meta("big"), &big, true).await,
+        Err(Rejection::SpoolFull)
+    );
+    assert!(!s.seen_before("r", &meta("big").key));
+    assert_eq!(s.depth(), 1);
+    assert_eq!(m.spool.messages.with_label_values(&["r"]).get(), 1);
+}
+
+#[tokio::test]
+async fn reopening_rebuilds_the_index_and_rescan_follows_the_folders() {
+    let d = tempfile::tempdir().unwrap();
+    let (a, b) = {
+        let (s, _m) = open(d.path(), 1 << 30);
+        let a = put(&s, "a").await;
+        let b = put(&s, "b").await;
+        s.failed(&route(5), &a, "HTTP 500".into(), false, false);
+        (a, b)
+    };
+    let (s, m) = open(d.path(), 1 << 30);
+    assert_eq!(s.depth(), 2);
+    // Attempts survive a restart; the dedup window too.
+    assert_eq!(s.entry("r", &a).unwrap().attempts, 1);
+    assert!(s.seen_before("r", &meta("b").key));
+    // A new id sorts after everything found on disk.
+    let c = put(&s, "c").await;
+    assert!(c > b);
+    // An operator drops `b` behind the gateway's back.
+    Layout::remove(&s.layout().queue, &b).unwrap();
+    s.rescan().unwrap();
+    assert_eq!(s.depth(), 2);
+    assert!(s.entry("r", &b).is_none());
+    // The lock: a second open fails while the first is alive.
+    assert!(matches!(
+        Spool::open(&settings(d.path(), 1 << 30), &["r".into()], m.spool.clone()),
+        Err(SpoolError::Locked(_))
+    ));
+}
