@@ -10,6 +10,13 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The sample payload with its own call id, about `size` bytes.
+fn webhook_with_id(id: &str, size: usize) -> Vec<u8> {
+    let mut v: serde_json::Value = serde_json::from_slice(&payload(size)).unwrap();
+    v["call"]["id"] = id.into();
+    serde_json::to_vec(&v).unwrap()
+}
+
 fn prometheus_available() -> bool {
     tools_present(
         &[("prometheus", "--version"), ("promtool", "--version")],
@@ -102,11 +109,20 @@ fn dashboard_is_importable_and_names_real_metrics() {
     }
     // Every metric the dashboard names exists on a live /metrics page.
     let up = Upstream::start(ok_answer());
-    let gw = Gateway::start(
-        &config_for(&format!("\"{}\"", up.url("/in")), "", "")
-            .replace("transcription = \"keep\"", "transcription = \"strip\""),
-    );
+    let spool = tempfile::tempdir().unwrap();
+    let mut cfg = config_for(
+        &format!("\"{}\"", up.url("/in")),
+        "",
+        &format!("[spool]\ndir = \"{}\"\n", spool.path().display()),
+    )
+    .replace("transcription = \"keep\"", "transcription = \"strip\"");
+    cfg.push_str(&format!(
+        "\n[[route]]\nname = \"queued\"\npath = \"/webhooks/queued\"\nupstream = \"{}\"\ndelivery = \"spool\"\n",
+        up.url("/q")
+    ));
+    let gw = Gateway::start(&cfg);
     gw.post("/webhooks/crm", &payload(0));
+    assert_eq!(gw.post("/webhooks/queued", &payload(0)).status, 202);
     let page = gw.metrics_text();
     let mut names: Vec<String> = Vec::new();
     for (_, e) in dashboard_queries().into_iter().chain(alert_rules()) {
@@ -235,17 +251,57 @@ fn real_prometheus_sees_every_dashboard_and_alert_expression() {
     let good = Upstream::start(ok_answer());
     let slow = Upstream::start(Behavior::Delay(Duration::from_millis(5600)));
     let dead = free_port();
-    let mut cfg = config_for(&format!("\"{}\"", good.url("/in")), "", "")
-        .replace("transcription = \"keep\"", "transcription = \"strip\"")
-        .replace(
-            r#"allow = ["127.0.0.1/32", "::1/128"]"#,
-            r#"allow = ["127.0.0.1/32"]"#,
-        )
-        .replace("timeout_ms = 1500", "timeout_ms = 8000");
+    // The spool: 1 MiB budget, already holding a record accepted 20 minutes
+    // ago (the backlog-age alert) and a damaged one (set aside at start).
+    let spool = tempfile::tempdir().unwrap();
+    let queue = spool.path().join("queue");
+    std::fs::create_dir_all(&queue).unwrap();
+    let old_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        - 20 * 60 * 1000;
+    let meta = hookgate::spool::record::Meta {
+        route: "spooled".into(),
+        accepted_ms: old_ms,
+        key: "old:0".into(),
+        call_id: Some("old".into()),
+        headers: vec![],
+    };
+    std::fs::write(
+        queue.join(format!("{old_ms:013}-000000.msg")),
+        hookgate::spool::record::encode(&meta, &payload(0)),
+    )
+    .unwrap();
+    std::fs::write(queue.join(format!("{old_ms:013}-000001.msg")), b"damaged").unwrap();
+    let mut cfg = config_for(
+        &format!("\"{}\"", good.url("/in")),
+        "",
+        &format!(
+            "[spool]\ndir = \"{}\"\nmax_bytes = 1048576\n",
+            spool.path().display()
+        ),
+    )
+    .replace("transcription = \"keep\"", "transcription = \"strip\"")
+    .replace(
+        r#"allow = ["127.0.0.1/32", "::1/128"]"#,
+        r#"allow = ["127.0.0.1/32"]"#,
+    )
+    .replace("timeout_ms = 1500", "timeout_ms = 8000");
     for (name, up, extra) in [
         ("report", good.url("/r"), "validation = \"report\"\n"),
         ("dead", format!("http://127.0.0.1:{dead}/x"), ""),
         ("slow", slow.url("/s"), "timeout_ms = 8000\n"),
+        (
+            "spooled",
+            format!("http://127.0.0.1:{dead}/x"),
+            "delivery = \"spool\"\n",
+        ),
+        (
+            "given_up",
+            format!("http://127.0.0.1:{dead}/x"),
+            "delivery = \"spool\"\n[route.redelivery]\nmax_attempts = 1\n",
+        ),
     ] {
         cfg.push_str(&format!(
             "\n[[route]]\nname = \"{name}\"\npath = \"/webhooks/{name}\"\nupstream = \"{up}\"\nschema = \"{{SCHEMA}}\"\n{extra}"
@@ -259,6 +315,28 @@ fn real_prometheus_sees_every_dashboard_and_alert_expression() {
             .is_empty()),
         "target never up"
     );
+
+    // Spool: dead letters first, then fill the budget past 80 %.
+    for i in 0..3 {
+        let r = gw.post("/webhooks/given_up", &webhook_with_id(&format!("g{i}"), 0));
+        assert_eq!(r.status, 202);
+    }
+    assert!(wait_until(Duration::from_secs(10), || gw
+        .metric("hookgate_spool_dead_letters{route=\"given_up\"}")
+        == 3.0));
+    let mut filled = 0;
+    while gw
+        .post(
+            "/webhooks/spooled",
+            &webhook_with_id(&format!("f{filled}"), 200_000),
+        )
+        .status
+        == 202
+    {
+        filled += 1;
+        assert!(filled < 10, "the spool never filled");
+    }
+    let big = webhook_with_id("f0", 200_000);
 
     // Slow requests first (they take ~5.6 s), in the background.
     let addr = gw.addr;
@@ -282,6 +360,10 @@ fn real_prometheus_sees_every_dashboard_and_alert_expression() {
             200
         );
         assert_eq!(gw.post("/webhooks/dead", &payload(0)).status, 502);
+        // The spool is full: refused, except a repeat of one already taken.
+        let r = gw.post("/webhooks/spooled", &webhook_with_id("late", 200_000));
+        assert_eq!(r.status, 503);
+        assert_eq!(gw.post("/webhooks/spooled", &big).status, 202);
         // A peer outside the allow list (127.0.0.2), dropped at accept.
         let sock =
             socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();

@@ -192,6 +192,10 @@ impl Spool {
             let mut inner = spool.lock();
             for r in routes {
                 inner.routes.entry(r.clone()).or_default();
+                // Every series exists from the start, so rate() sees the first event.
+                for result in ["delivered", "retry", "dead_lettered"] {
+                    spool.metrics.deliveries.with_label_values(&[r, result]);
+                }
             }
         }
         spool.rescan().map_err(io(&spool.layout.queue))?;
