@@ -12,6 +12,8 @@ Rows, each behind the same upstream (an nginx worker answering 200):
   hg-pass       hookgate, validation off, transcription kept, 1 worker thread
   hg-full       hookgate, enforce + strip, 1 worker thread
   hg-full-log   the same with its access log on (info level, to a file)
+  hg-spool      hookgate, enforce + strip, delivery = "spool": each webhook fsync'd to
+                the spool before its 202, delivered in the background (2 KB, 64 KB)
 
 Reported per row and payload: requests/s, p50 and p99 latency, proxy CPU time per
 request (utime+stime of the proxy's processes over the run / requests), peak
@@ -142,10 +144,15 @@ http {{
         workers = subprocess.run(["pgrep", "-P", str(master.pid)], capture_output=True, text=True).stdout.split()
         return [int(w) for w in workers]
 
-    def hookgate(self, name, port, validation, transcription, log, binary=None):
+    def hookgate(self, name, port, validation, transcription, log, binary=None, spool=False):
         d = os.path.join(self.tmp, "hg-" + name)
         os.makedirs(d)
         schema = f'schema = "{SCHEMA}"\n' if validation != "off" else ""
+        # The spool row: every webhook written durably (fsync) before its 202,
+        # delivered in the background; duplicate suppression off, since wrk sends
+        # the same body again and again.
+        spool_top = f'[spool]\ndir = "{d}/spool"\nmax_bytes = 8589934592\ndedup_window_s = 0\n' if spool else ""
+        spool_route = 'delivery = "spool"\n' if spool else ""
         conf = f"""
 [server]
 listen = ["127.0.0.1:{port}"]
@@ -158,13 +165,14 @@ allow = ["127.0.0.1/32"]
 max_body_bytes = 2097152
 [log]
 level = "{'info' if log else 'warn'}"
+{spool_top}
 [[route]]
 name = "crm"
 path = "/webhooks/crm"
 upstream = "http://127.0.0.1:{self.up_port}/"
 {schema}validation = "{validation}"
 transcription = "{transcription}"
-"""
+{spool_route}"""
         path = os.path.join(d, "hookgate.toml")
         with open(path, "w") as f:
             f.write(conf)
@@ -228,6 +236,7 @@ def main():
     ap.add_argument("--compare", action="append", default=[], metavar="NAME=BINARY",
                     help="also run the full pipeline on another hookgate build (before/after rows)")
     ap.add_argument("--sizes", default=None, help="comma-separated subset of: 2,64,900 (KB)")
+    ap.add_argument("--rows", default=None, help="comma-separated subset of the rows (default: all)")
     args = ap.parse_args()
     if args.smoke:
         args.duration, args.repeats = 1, 1
@@ -254,7 +263,7 @@ def main():
             payloads[label] = path
 
         up_pids = b.nginx("upstream", b.up_port, 'location / { return 200 \'{"ok":true}\'; }')
-        ports = {name: free_port() for name in ("nginx", "node", "hg-pass", "hg-full", "hg-full-log")}
+        ports = {name: free_port() for name in ("nginx", "node", "hg-pass", "hg-full", "hg-full-log", "hg-spool")}
         pids = {
             "upstream": [],
             "nginx": b.nginx("proxy", ports["nginx"], """
@@ -268,6 +277,7 @@ def main():
             "hg-pass": b.hookgate("pass", ports["hg-pass"], "off", "keep", False),
             "hg-full": b.hookgate("full", ports["hg-full"], "enforce", "strip", False),
             "hg-full-log": b.hookgate("full-log", ports["hg-full-log"], "enforce", "strip", True),
+            "hg-spool": b.hookgate("spool", ports["hg-spool"], "enforce", "strip", False, spool=True),
         }
         ports["upstream"] = b.up_port
         extra = []
@@ -277,13 +287,22 @@ def main():
             ports[row] = free_port()
             pids[row] = b.hookgate("cmp-" + name, ports[row], "enforce", "strip", False, binary=binary)
             extra.append(row)
+            if not args.rows or "hg-spool" in args.rows:
+                row = "hg-spool@" + name
+                ports[row] = free_port()
+                pids[row] = b.hookgate("cmp-spool-" + name, ports[row], "enforce", "strip", False,
+                                       binary=binary, spool=True)
+                extra.append(row)
         idle_rss = {k: status_kib(v, "VmRSS") for k, v in pids.items() if k.startswith("hg")}
-        rows = ["upstream", "nginx", "node", "hg-pass", "hg-full", "hg-full-log"] + extra
+        rows = ["upstream", "nginx", "node", "hg-pass", "hg-full", "hg-full-log", "hg-spool"] + extra
+        if args.rows:
+            keep = {r.strip() for r in args.rows.split(",")}
+            rows = [r for r in rows if r in keep or r.split("@")[0] in keep]
         results = {}
         for rep in range(args.repeats):
             for label in sizes:
                 for name in rows:
-                    if label == "900 KB" and name in ("nginx", "node", "upstream"):
+                    if label == "900 KB" and name.split("@")[0] in ("nginx", "node", "upstream", "hg-spool"):
                         continue  # the issue asks for 900 KB on hookgate only
                     r = b.wrk(ports[name], payloads[label], pids[name])
                     results.setdefault((name, label), []).append(r)

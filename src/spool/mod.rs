@@ -353,7 +353,9 @@ impl Spool {
 
     /// Delivered (or dropped by an operator): remove file and entry.
     pub fn remove(&self, route: &str, id: &Id) {
-        if let Err(e) = Layout::remove(&self.layout.queue, id) {
+        // A state file exists only after a failed attempt (or from before a restart).
+        let with_state = self.entry(route, id).is_none_or(|e| e.attempts > 0);
+        if let Err(e) = Layout::remove_msg(&self.layout.queue, id, with_state) {
             tracing::error!(route = %route, id = %id, error = %e.kind(), "spool: cannot remove a delivered message");
         }
         self.forget_entry(route, id);

@@ -175,7 +175,14 @@ impl Layout {
 
     /// Delete a message and its state from `folder`. Missing files are fine.
     pub fn remove(folder: &Path, id: &Id) -> std::io::Result<()> {
-        let _ = std::fs::remove_file(Layout::state(folder, id));
+        Layout::remove_msg(folder, id, true)
+    }
+
+    /// Delete a message, and its state file when it may have one.
+    pub fn remove_msg(folder: &Path, id: &Id, with_state: bool) -> std::io::Result<()> {
+        if with_state {
+            let _ = std::fs::remove_file(Layout::state(folder, id));
+        }
         match std::fs::remove_file(Layout::msg(folder, id)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
