@@ -55,12 +55,20 @@ fn shipped_examples_check() {
         ("TICKETS_TOKEN", "tickets-token"),
         ("HOOKGATE_SECRET", "a-long-enough-shared-secret"),
     ];
-    for f in [
-        "conf/examples/crm-and-ticketing.toml",
-        "conf/examples/behind-load-balancer.toml",
-    ] {
-        let (code, _, stderr) = check(&["-c", f], &env);
+    let mut examples: Vec<String> = std::fs::read_dir(common::project_root().join("conf/examples"))
+        .unwrap()
+        .map(|e| format!("conf/examples/{}", e.unwrap().file_name().to_string_lossy()))
+        .filter(|f| f.ends_with(".toml"))
+        .collect();
+    examples.sort();
+    assert!(examples.len() >= 3, "{examples:?}");
+    for f in &examples {
+        let (code, stdout, stderr) = check(&["-c", f], &env);
         assert_eq!(code, 0, "{f}: {stderr}");
+        if f.ends_with("never-lose-a-webhook.toml") {
+            assert!(stdout.contains("delivery spool"), "{stdout}");
+            assert!(stdout.contains("delivery proxy_or_spool"), "{stdout}");
+        }
     }
     // Without the variables, the first example names each missing one.
     let (code, _, stderr) = check(&["-c", "conf/examples/crm-and-ticketing.toml"], &[]);
