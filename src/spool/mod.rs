@@ -71,6 +71,8 @@ pub struct Entry {
     pub next_at: Option<Instant>,
     /// Last failure.
     pub last_error: Option<String>,
+    /// When it joined the index (a rescan only drops entries older than its listing).
+    pub indexed: Instant,
 }
 
 #[derive(Default)]
@@ -108,8 +110,8 @@ impl Dedup {
 struct Inner {
     used: u64,
     routes: HashMap<String, RouteQueue>,
-    /// Dead letters: route and size.
-    dead: BTreeMap<Id, (String, u64)>,
+    /// Dead letters: route, size, when indexed.
+    dead: BTreeMap<Id, (String, u64, Instant)>,
     /// Ids being written by `accept` (the rescan must not take them twice).
     pending: HashSet<Id>,
     dedup: Dedup,
@@ -311,6 +313,7 @@ impl Spool {
                     attempts: 0,
                     next_at: None,
                     last_error: None,
+                    indexed: Instant::now(),
                 },
             );
         drop(inner);
@@ -427,7 +430,9 @@ impl Spool {
         }
         let size = rq.entries.remove(id).map_or(0, |e| e.size);
         rq.dead += 1;
-        inner.dead.insert(id.clone(), (route.name.clone(), size));
+        inner
+            .dead
+            .insert(id.clone(), (route.name.clone(), size, Instant::now()));
         drop(inner);
         if let Err(err) = self.layout.bury(id, &state) {
             tracing::error!(id = %id, error = %err.kind(), "spool: cannot move a message to the dead letters");
@@ -457,6 +462,9 @@ impl Spool {
     /// spool retry` join, records removed by `hookgate spool drop` leave, and
     /// damaged ones are set aside. Runs at start and then every second.
     pub fn rescan(&self) -> std::io::Result<()> {
+        // Entries indexed after this moment may be missing from the listings
+        // below without being gone.
+        let listed_at = Instant::now();
         let on_disk = Layout::list(&self.layout.queue)?;
         let dead_on_disk = Layout::list(&self.layout.dead)?;
         let disk_ids: HashSet<&Id> = on_disk.iter().map(|(i, _)| i).collect();
@@ -517,6 +525,7 @@ impl Spool {
                     attempts: st.attempts,
                     next_at: None,
                     last_error: st.last_error,
+                    indexed: now,
                 },
             );
             if let Some(w) = wake {
@@ -527,7 +536,7 @@ impl Spool {
         let mut gone = 0u64;
         for rq in inner.routes.values_mut() {
             rq.entries.retain(|id, e| {
-                let keep = disk_ids.contains(id);
+                let keep = e.indexed >= listed_at || disk_ids.contains(id);
                 if !keep {
                     gone += e.size;
                 }
@@ -539,12 +548,12 @@ impl Spool {
         let dead_ids: HashSet<&Id> = dead_on_disk.iter().map(|(i, _)| i).collect();
         let stale: Vec<Id> = inner
             .dead
-            .keys()
-            .filter(|id| !dead_ids.contains(id))
-            .cloned()
+            .iter()
+            .filter(|(id, (_, _, at))| *at < listed_at && !dead_ids.contains(id))
+            .map(|(id, _)| id.clone())
             .collect();
         for id in stale {
-            if let Some((route, size)) = inner.dead.remove(&id) {
+            if let Some((route, size, _)) = inner.dead.remove(&id) {
                 inner.used = inner.used.saturating_sub(size);
                 if let Some(rq) = inner.routes.get_mut(&route) {
                     rq.dead -= 1;
@@ -565,7 +574,7 @@ impl Spool {
             };
             inner.used += size;
             inner.routes.entry(route.clone()).or_default().dead += 1;
-            inner.dead.insert(id, (route, size));
+            inner.dead.insert(id, (route, size, Instant::now()));
         }
         let dedup_window = self.dedup_window;
         inner.dedup.expire(now, dedup_window);

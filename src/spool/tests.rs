@@ -178,3 +178,33 @@ async fn reopening_rebuilds_the_index_and_rescan_follows_the_folders() {
         Err(SpoolError::Locked(_))
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rescan_running_beside_accepts_never_drops_a_new_entry() {
+    let d = tempfile::tempdir().unwrap();
+    let (s, m) = open(d.path(), 1 << 30);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (s2, stop2) = (s.clone(), stop.clone());
+    let scanner = std::thread::spawn(move || {
+        let mut n = 0;
+        while !stop2.load(std::sync::atomic::Ordering::SeqCst) {
+            s2.rescan().unwrap();
+            n += 1;
+        }
+        n
+    });
+    for i in 0..300 {
+        put(&s, &format!("c{i}")).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let scans = scanner.join().unwrap();
+    assert!(scans > 10, "only {scans} rescans ran");
+    // No rescan afterwards: the index must already be whole.
+    assert_eq!(s.depth(), 300);
+    let on_disk: u64 = Layout::list(&s.layout().queue)
+        .unwrap()
+        .iter()
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(m.spool.bytes.get() as u64, on_disk);
+}
