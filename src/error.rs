@@ -53,6 +53,8 @@ pub enum Rejection {
     SpoolFull,
     /// 503: the spool could not write the message (I/O error); nothing was accepted.
     SpoolUnavailable,
+    /// 409: the same webhook is being accepted right now (spool routes); retry.
+    DuplicateInProgress,
 }
 
 impl Rejection {
@@ -72,6 +74,7 @@ impl Rejection {
             Rejection::UpstreamTimeout => 504,
             Rejection::HeaderTooLarge => 431,
             Rejection::Overloaded | Rejection::SpoolFull | Rejection::SpoolUnavailable => 503,
+            Rejection::DuplicateInProgress => 409,
         }
     }
 
@@ -94,6 +97,7 @@ impl Rejection {
             Rejection::Overloaded => "overloaded",
             Rejection::SpoolFull => "spool_full",
             Rejection::SpoolUnavailable => "spool_unavailable",
+            Rejection::DuplicateInProgress => "duplicate_in_progress",
         }
     }
 
@@ -125,6 +129,9 @@ impl Rejection {
             Rejection::SpoolFull => "the spool is full; the webhook was not accepted".into(),
             Rejection::SpoolUnavailable => {
                 "the spool could not store the webhook; it was not accepted".into()
+            }
+            Rejection::DuplicateInProgress => {
+                "the same webhook is being accepted right now; retry shortly".into()
             }
         }
     }
@@ -206,6 +213,7 @@ mod tests {
             (Rejection::UpstreamTimeout, 504, "upstream_timeout"),
             (Rejection::SpoolFull, 503, "spool_full"),
             (Rejection::SpoolUnavailable, 503, "spool_unavailable"),
+            (Rejection::DuplicateInProgress, 409, "duplicate_in_progress"),
         ];
         for (r, status, code) in table {
             assert_eq!(r.status(), status, "{code}");

@@ -18,7 +18,7 @@ use crate::log::AccessRecord;
 use crate::metrics::{Metrics, NO_ROUTE};
 use crate::spool::policy::Verdict;
 use crate::spool::record::{self, Meta};
-use crate::spool::{Accepted, Spool};
+use crate::spool::{Accepted, Check, Spool};
 use crate::upstream::{Answer, Deliverer, Destination, Failure, Outgoing};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -359,7 +359,7 @@ impl Gateway {
                 return match result {
                     Ok(answer) => Ok(passed_back(answer)),
                     Err(Failure::Timeout) => Err(Rejection::UpstreamTimeout),
-                    Err(Failure::Unavailable(why)) => {
+                    Err(Failure::Unavailable(why) | Failure::NotConnected(why)) => {
                         tracing::warn!(route = %route.name, reason = %why, "upstream unavailable");
                         Err(Rejection::UpstreamUnavailable)
                     }
@@ -377,30 +377,41 @@ impl Gateway {
                 .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
                 .collect(),
         };
+        let mut reserved = None;
         if route.delivery == Delivery::ProxyOrSpool {
-            if spool.seen_before(&route.name, &meta.key) {
-                f.outcome = "duplicate";
-                return Ok(accepted_answer("duplicate", None));
+            let reservation = match spool.check_in(&route.name, &meta.key) {
+                Check::New(r) => r,
+                Check::Duplicate => {
+                    f.outcome = "duplicate";
+                    return Ok(accepted_answer("duplicate", None));
+                }
+                Check::InProgress => return Err(Rejection::DuplicateInProgress),
+            };
+            // With older webhooks waiting, a first try would overtake them.
+            if !spool.has_backlog(&route.name) {
+                let out = with_rules(route, base, body.clone(), Some(&meta.key));
+                let first_try = route.redelivery.first_try.min(route.timeout);
+                match self.deliver(&entry, out, first_try, f).await {
+                    Ok(answer) => match route.redelivery.statuses.verdict(answer.status) {
+                        Verdict::Delivered => {
+                            reservation.confirm();
+                            return Ok(passed_back(answer));
+                        }
+                        // Refused for good: passed back, and a repeat is welcome.
+                        Verdict::Permanent => return Ok(passed_back(answer)),
+                        Verdict::Retry => {
+                            tracing::info!(route = %route.name, status = answer.status, "first try failed; spooling");
+                        }
+                    },
+                    Err(why) => {
+                        tracing::info!(route = %route.name, reason = ?why, "first try failed; spooling");
+                    }
+                }
             }
-            let out = with_rules(route, base, body.clone(), Some(&meta.key));
-            let first_try = route.redelivery.first_try.min(route.timeout);
-            match self.deliver(&entry, out, first_try, f).await {
-                Ok(answer)
-                    if route.redelivery.statuses.verdict(answer.status) != Verdict::Retry =>
-                {
-                    return Ok(passed_back(answer));
-                }
-                Ok(answer) => {
-                    tracing::info!(route = %route.name, status = answer.status, "first try failed; spooling");
-                }
-                Err(why) => {
-                    tracing::info!(route = %route.name, reason = ?why, "first try failed; spooling");
-                }
-            }
+            reserved = Some(reservation);
         }
-        let check_duplicate = route.delivery == Delivery::Spool;
-        // On failure `accept` forgets the key again: a retry by the sender is welcome.
-        match spool.accept(meta, &body, check_duplicate).await? {
+        // On failure the reservation is released: a retry by the sender is welcome.
+        match spool.accept(meta, &body, reserved).await? {
             Accepted::Duplicate => {
                 f.outcome = "duplicate";
                 Ok(accepted_answer("duplicate", None))
@@ -578,6 +589,9 @@ fn error_headers(r: &Rejection) -> Vec<(HeaderName, HeaderValue)> {
     )];
     if matches!(r, Rejection::MethodNotAllowed) {
         h.push((header::ALLOW, HeaderValue::from_static("POST")));
+    }
+    if matches!(r, Rejection::DuplicateInProgress) {
+        h.push((header::RETRY_AFTER, HeaderValue::from_static("1")));
     }
     h
 }

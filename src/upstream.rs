@@ -46,10 +46,13 @@ pub struct Answer {
 /// Why delivery failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
-    /// Refused, reset, closed or garbage: 502.
+    /// Reset, closed or garbage after the request was (maybe) sent: 502.
     Unavailable(String),
     /// No answer in time: 504.
     Timeout,
+    /// No target could be connected to: nothing of the request left hookgate
+    /// (502).
+    NotConnected(String),
 }
 
 /// The request to deliver: header list (already filtered) and body.
@@ -207,7 +210,10 @@ impl Deliverer {
                         Ok(Err(Attempt::Exchange(f))) => return Err(f),
                     }
                 }
-                Err(last)
+                Err(Failure::NotConnected(match last {
+                    Failure::Timeout => "connect timeout".into(),
+                    Failure::Unavailable(why) | Failure::NotConnected(why) => why,
+                }))
             }
         }
     }

@@ -251,6 +251,12 @@ fn real_prometheus_sees_every_dashboard_and_alert_expression() {
     let good = Upstream::start(ok_answer());
     let slow = Upstream::start(Behavior::Delay(Duration::from_millis(5600)));
     let dead = free_port();
+    // Refuses every webhook for good (400): its spool route fills the dead letters.
+    let refusing = Upstream::start(Behavior::Answer {
+        status: 400,
+        headers: vec![],
+        body: vec![],
+    });
     // The spool: 1 MiB budget, already holding a record accepted 20 minutes
     // ago (the backlog-age alert) and a damaged one (set aside at start).
     let spool = tempfile::tempdir().unwrap();
@@ -299,8 +305,8 @@ fn real_prometheus_sees_every_dashboard_and_alert_expression() {
         ),
         (
             "given_up",
-            format!("http://127.0.0.1:{dead}/x"),
-            "delivery = \"spool\"\n[route.redelivery]\nmax_attempts = 1\n",
+            refusing.url("/g"),
+            "delivery = \"spool\"\n",
         ),
     ] {
         cfg.push_str(&format!(

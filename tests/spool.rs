@@ -174,15 +174,26 @@ fn spooled_webhooks_survive_a_dead_upstream_and_arrive_in_order() {
     assert!(wait_until(Duration::from_secs(5), || gw.metric(
         "hookgate_spool_deliveries_total{result=\"retry\",route=\"crm\"}"
     ) >= 2.0));
-    assert!(gw.metric("hookgate_spool_oldest_age_seconds{route=\"crm\"}") >= 0.0);
+    assert!(gw.metric("hookgate_spool_oldest_age_seconds{route=\"crm\"}") > 0.0);
     assert!(gw.metric("hookgate_spool_bytes") > 0.0);
     assert_eq!(msgs_in(&spool.path().join("queue")), 30);
+    // What is on disk: the cleaned body, never the route's token or the transcript.
+    for f in files_in(&spool.path().join("queue"))
+        .into_iter()
+        .filter(|f| f.ends_with(".msg"))
+    {
+        let bytes = std::fs::read(spool.path().join("queue").join(&f)).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(!text.contains("t0ken-from-config"), "{f}");
+        assert!(!text.contains("calling about my order"), "{f}");
+        assert!(text.contains("call-0"), "{f} is not a record of ours");
+    }
 
     // The operator's view: ids, ages, attempts, errors; no personal data.
     let (ok, list) = spool_cmd(spool.path(), &["list"]);
     assert!(ok, "{list}");
     assert!(list.contains("30 queued, 0 dead, 0 damaged"), "{list}");
-    assert!(list.contains("unavailable"), "{list}");
+    assert!(list.contains("not connected: ConnectRefused"), "{list}");
     assert_private(&list);
     // Nothing about the payload in the log either.
     assert_private(&gw.log());
@@ -224,8 +235,6 @@ fn spooled_webhooks_survive_a_dead_upstream_and_arrive_in_order() {
     );
     assert_eq!(msgs_in(&spool.path().join("queue")), 0);
     assert_eq!(gw.metric("hookgate_spool_bytes"), 0.0);
-    // The token set by the route is applied at delivery and never stored.
-    assert!(files_in(&spool.path().join("queue")).is_empty());
 }
 
 #[test]
@@ -266,6 +275,42 @@ fn proxy_or_spool_answers_from_the_upstream_when_it_can_and_spools_when_it_canno
     let r = gw.post(ROUTE, &webhook("pos-b"));
     assert_eq!(r.status, 400);
     assert_eq!(gw.metric("hookgate_spool_messages{route=\"crm\"}"), 0.0);
+    // Refused for good is not "accepted": the same webhook again is tried again.
+    assert_eq!(gw.post(ROUTE, &webhook("pos-b")).status, 400);
+    let tries = up
+        .requests()
+        .iter()
+        .filter(|r| call_id_of(&r.body) == "pos-b")
+        .count();
+    assert_eq!(tries, 2);
+
+    // Too slow for the first try: 202 within the budget; delivered again
+    // later (the slow first try had reached the upstream).
+    up.set_behavior(Behavior::Delay(Duration::from_secs(2)));
+    let t0 = Instant::now();
+    let r = gw.post(ROUTE, &webhook("pos-d"));
+    assert_eq!(r.status, 202);
+    assert_eq!(status_of(&r), "spooled");
+    assert!(
+        t0.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t0.elapsed()
+    );
+    up.set_behavior(ok_answer());
+    let copies = |id: &str| {
+        up.requests()
+            .iter()
+            .filter(|r| call_id_of(&r.body) == id)
+            .count()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || copies("pos-d") >= 2),
+        "{}",
+        gw.log()
+    );
+    assert!(wait_until(Duration::from_secs(3), || gw
+        .metric("hookgate_spool_messages{route=\"crm\"}")
+        == 0.0));
 
     // 503: spooled, 202, delivered once the upstream is well again.
     up.set_behavior(Behavior::Answer {
@@ -276,25 +321,9 @@ fn proxy_or_spool_answers_from_the_upstream_when_it_can_and_spools_when_it_canno
     let r = gw.post(ROUTE, &webhook("pos-c"));
     assert_eq!(r.status, 202);
     assert_eq!(status_of(&r), "spooled");
-
-    // Too slow for the first try: 202 within the budget.
-    up.set_behavior(Behavior::Delay(Duration::from_secs(2)));
-    let t0 = Instant::now();
-    let r = gw.post(ROUTE, &webhook("pos-d"));
-    assert_eq!(r.status, 202);
-    assert!(
-        t0.elapsed() < Duration::from_millis(1500),
-        "{:?}",
-        t0.elapsed()
-    );
     up.set_behavior(ok_answer());
-
     assert!(
-        wait_until(Duration::from_secs(10), || {
-            let ids: Vec<String> = up.requests().iter().map(|r| call_id_of(&r.body)).collect();
-            ids.iter().filter(|i| *i == "pos-c").count() >= 2
-                && ids.iter().filter(|i| *i == "pos-d").count() >= 2
-        }),
+        wait_until(Duration::from_secs(10), || copies("pos-c") >= 2),
         "{}",
         gw.log()
     );
@@ -314,7 +343,8 @@ fn proxy_or_spool_answers_from_the_upstream_when_it_can_and_spools_when_it_canno
         == 0.0));
     assert_eq!(
         gw.metric("hookgate_requests_total{outcome=\"forwarded\",route=\"crm\"}"),
-        2.0
+        3.0,
+        "pos-a once, pos-b twice"
     );
     assert_eq!(
         gw.metric("hookgate_requests_total{outcome=\"spooled\",route=\"crm\"}"),
@@ -532,9 +562,14 @@ fn kill_9_at_random_moments_loses_no_accepted_webhook() {
         "too few webhooks accepted: {}",
         acked.len()
     );
+    // Arrived = answered 2xx: a delivery refused with 503 does not count.
     let missing = |up: &Upstream| {
-        let got: std::collections::HashSet<String> =
-            up.requests().iter().map(|r| call_id_of(&r.body)).collect();
+        let got: std::collections::HashSet<String> = up
+            .requests()
+            .iter()
+            .filter(|r| r.answered / 100 == 2)
+            .map(|r| call_id_of(&r.body))
+            .collect();
         acked
             .iter()
             .filter(|id| !got.contains(*id))
@@ -740,4 +775,34 @@ fn a_second_gateway_cannot_share_the_spool() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("in use by another hookgate process"), "{err}");
+}
+
+#[test]
+fn proxy_or_spool_does_not_overtake_webhooks_waiting_in_the_spool() {
+    let spool = tempfile::tempdir().unwrap();
+    let up_addr = reserved_addr();
+    let cfg = spool_config(
+        &format!("http://{up_addr}/in"),
+        spool.path(),
+        "proxy_or_spool",
+        "first_try_ms = 400",
+    );
+    let gw = Gateway::start(&cfg);
+    for id in ["wait-1", "wait-2"] {
+        assert_eq!(gw.post(ROUTE, &webhook(id)).status, 202);
+    }
+    // The upstream comes back; a new webhook arrives before the backlog drained.
+    let up = Upstream::start_on(up_addr, ok_answer());
+    let r = gw.post(ROUTE, &webhook("new-1"));
+    assert_eq!(r.status, 202, "it must queue behind the backlog");
+    assert!(wait_until(Duration::from_secs(5), || up.count() >= 3));
+    let order: Vec<String> = up.requests().iter().map(|r| call_id_of(&r.body)).collect();
+    assert_eq!(order, ["wait-1", "wait-2", "new-1"]);
+    // Drained: the next one goes straight through again.
+    assert!(wait_until(Duration::from_secs(3), || gw
+        .metric("hookgate_spool_messages{route=\"crm\"}")
+        == 0.0));
+    thread::sleep(Duration::from_millis(100));
+    let r = gw.post(ROUTE, &webhook("new-2"));
+    assert_eq!(r.status, 200);
 }

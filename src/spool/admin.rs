@@ -199,26 +199,36 @@ pub fn show(
     Ok(())
 }
 
-/// `spool retry ID...`: move dead letters back to the queue (attempts reset);
-/// they are delivered next, in id order. Returns what it did per id.
+/// `spool retry ID...`: move dead letters back to the queue, with no attempts
+/// and their age counted from now; they are delivered next, in id order.
+/// Returns what it did per id.
 pub fn retry(layout: &Layout, ids: &[String]) -> Result<Vec<String>, AdminError> {
     let mut done = Vec::new();
     for id in ids {
         let (id, place) = find(layout, id)?;
         match place {
             Place::Queued => {
-                let _ = std::fs::remove_file(Layout::state(&layout.queue, &id));
-                done.push(format!("{id}: already queued (attempts reset)"));
+                done.push(format!(
+                    "{id}: already queued; it is tried again when its backoff ends"
+                ));
             }
             Place::Corrupt => {
                 done.push(format!("{id}: damaged, cannot be retried (drop it)"));
             }
             Place::Dead => {
-                let _ = std::fs::remove_file(Layout::state(&layout.dead, &id));
+                // A fresh start: no attempts, and its age counts from now.
+                let old = Layout::read_state(&layout.dead, &id).unwrap_or_default();
+                let fresh = State {
+                    route: old.route,
+                    since_ms: Some(super::now_ms()),
+                    ..State::default()
+                };
+                layout.write_state(&layout.queue, &id, &fresh)?;
                 std::fs::rename(
                     Layout::msg(&layout.dead, &id),
                     Layout::msg(&layout.queue, &id),
                 )?;
+                let _ = std::fs::remove_file(Layout::state(&layout.dead, &id));
                 super::store::sync_dir(&layout.queue)?;
                 done.push(format!("{id}: queued again"));
             }

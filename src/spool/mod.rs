@@ -33,6 +33,31 @@ use tokio::sync::Notify;
 /// Most keys remembered for duplicate suppression; the oldest go first.
 const DEDUP_MAX_KEYS: usize = 100_000;
 
+/// Upstream-wide failures in a row on the same oldest message before the next
+/// message is tried instead, to tell an outage from one message that breaks
+/// the upstream.
+pub const PROBE_AFTER: u32 = 3;
+
+/// A state file without its record is removed once it is this old (younger
+/// ones may belong to a record being moved).
+const ORPHAN_AGE: Duration = Duration::from_secs(60);
+
+/// How a delivery attempt failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The upstream refused this message for good: dead letter now.
+    Permanent,
+    /// The upstream answered, but not with success, for this message.
+    Message,
+    /// The upstream as a whole failed after the request was sent (reset,
+    /// timeout, 429/502/503/504): the route pauses; repeated on the same
+    /// message, the next one is tried to tell an outage from a bad message.
+    UpstreamWide,
+    /// Nothing was sent (no connection): the route pauses; the message cannot
+    /// be the cause.
+    Unreachable,
+}
+
 /// Why the spool could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -58,6 +83,45 @@ pub enum Accepted {
     Duplicate,
 }
 
+/// What the dedup window says about a webhook.
+pub enum Check {
+    /// Not seen: go on, and confirm the reservation once it is durable.
+    New(Reservation),
+    /// Accepted (durably) within the window.
+    Duplicate,
+    /// The same webhook is being accepted right now: its outcome is not known yet.
+    InProgress,
+}
+
+/// A webhook's place in the dedup window while it is being accepted.
+pub struct Reservation {
+    spool: Option<Arc<Spool>>,
+    key: String,
+}
+
+impl Reservation {
+    /// The webhook is durable (or delivered): repeats are duplicates from now on.
+    pub fn confirm(mut self) {
+        if let Some(s) = self.spool.take() {
+            if let Some(seen) = s.lock().dedup.seen.get_mut(&self.key) {
+                seen.durable = true;
+            }
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        // Not confirmed: not accepted after all, so a repeat is welcome.
+        if let Some(s) = self.spool.take() {
+            let mut inner = s.lock();
+            if inner.dedup.seen.get(&self.key).is_some_and(|x| !x.durable) {
+                inner.dedup.seen.remove(&self.key);
+            }
+        }
+    }
+}
+
 /// One waiting message.
 #[derive(Debug, Clone)]
 pub struct Entry {
@@ -73,6 +137,12 @@ pub struct Entry {
     pub last_error: Option<String>,
     /// When it joined the index (a rescan only drops entries older than its listing).
     pub indexed: Instant,
+    /// Failures of this message alone (against `max_attempts`).
+    pub strikes: u32,
+    /// Its age counts from here (Unix ms): acceptance, or an operator's retry.
+    pub since_ms: u64,
+    /// Delivered, but its file could not be removed: never delivered again.
+    pub stuck: bool,
 }
 
 #[derive(Default)]
@@ -82,12 +152,24 @@ struct RouteQueue {
     paused_until: Option<Instant>,
     /// Consecutive upstream-wide failures, for the route's backoff.
     failures: u32,
+    /// Upstream-wide failures in a row of one message.
+    streak: Option<(Id, u32)>,
+    /// A message stepped over for one try of the next (see [`PROBE_AFTER`]).
+    suspect: Option<Id>,
     dead: i64,
+}
+
+/// A remembered webhook: when, and whether it is durable yet (a key whose
+/// write or first try is still running is only reserved).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Seen {
+    at: Instant,
+    durable: bool,
 }
 
 #[derive(Default)]
 struct Dedup {
-    seen: HashMap<String, Instant>,
+    seen: HashMap<String, Seen>,
     order: VecDeque<(Instant, String)>,
 }
 
@@ -98,7 +180,7 @@ impl Dedup {
                 break;
             }
             if let Some((t, k)) = self.order.pop_front() {
-                if self.seen.get(&k) == Some(&t) {
+                if self.seen.get(&k).is_some_and(|s| s.at == t) {
                     self.seen.remove(&k);
                 }
             }
@@ -114,6 +196,8 @@ struct Inner {
     dead: BTreeMap<Id, (String, u64, Instant)>,
     /// Ids being written by `accept` (the rescan must not take them twice).
     pending: HashSet<Id>,
+    /// Records that could not be read (logged once).
+    unreadable: HashSet<Id>,
     dedup: Dedup,
 }
 
@@ -228,51 +312,73 @@ impl Spool {
         &self.layout
     }
 
-    /// Whether this webhook was accepted within the dedup window (and is
-    /// remembered now if not). Used by `proxy_or_spool` before its first try.
-    pub fn seen_before(&self, route: &str, key: &str) -> bool {
+    /// Check a webhook against the dedup window. A new one is reserved: the
+    /// reservation is confirmed once the webhook is durable (or delivered), and
+    /// released if it is dropped unconfirmed, so a repeat is welcome again.
+    pub fn check_in(self: &Arc<Self>, route: &str, key: &str) -> Check {
         if self.dedup_window.is_zero() {
-            return false;
+            return Check::New(Reservation {
+                spool: None,
+                key: String::new(),
+            });
         }
         let now = Instant::now();
         let mut inner = self.lock();
         let window = self.dedup_window;
         inner.dedup.expire(now, window);
         let k = format!("{route}\u{0}{key}");
-        if inner.dedup.seen.contains_key(&k) {
-            return true;
+        match inner.dedup.seen.get(&k) {
+            Some(s) if s.durable => return Check::Duplicate,
+            Some(_) => return Check::InProgress,
+            None => {}
         }
-        inner.dedup.seen.insert(k.clone(), now);
-        inner.dedup.order.push_back((now, k));
-        false
+        inner.dedup.seen.insert(
+            k.clone(),
+            Seen {
+                at: now,
+                durable: false,
+            },
+        );
+        inner.dedup.order.push_back((now, k.clone()));
+        Check::New(Reservation {
+            spool: Some(self.clone()),
+            key: k,
+        })
     }
 
-    /// Forget a key again (its webhook was not accepted after all).
-    pub fn forget(&self, route: &str, key: &str) {
-        let k = format!("{route}\u{0}{key}");
-        self.lock().dedup.seen.remove(&k);
+    /// Whether the route has messages waiting or is paused: a `proxy_or_spool`
+    /// first try would then overtake older webhooks.
+    pub fn has_backlog(&self, route: &str) -> bool {
+        self.lock()
+            .routes
+            .get(route)
+            .is_some_and(|rq| !rq.entries.is_empty() || rq.paused_until.is_some())
     }
 
     /// Store a cleaned webhook durably. Returns once it is on disk (fsync'd).
-    /// `check_duplicate` is false when the caller already did (`seen_before`).
+    /// `reserved`: the caller already checked it in (`proxy_or_spool`).
     pub async fn accept(
         self: &Arc<Self>,
         meta: Meta,
         body: &[u8],
-        check_duplicate: bool,
+        reserved: Option<Reservation>,
     ) -> Result<Accepted, Rejection> {
         let route = meta.route.clone();
-        let key = meta.key.clone();
-        if check_duplicate && self.seen_before(&route, &key) {
-            return Ok(Accepted::Duplicate);
-        }
+        let reservation = match reserved {
+            Some(r) => r,
+            None => match self.check_in(&route, &meta.key) {
+                Check::New(r) => r,
+                Check::Duplicate => return Ok(Accepted::Duplicate),
+                Check::InProgress => return Err(Rejection::DuplicateInProgress),
+            },
+        };
         let bytes = record::encode(&meta, body);
         let size = bytes.len() as u64;
         let id = {
             let mut inner = self.lock();
             if inner.used + size > self.max_bytes {
                 drop(inner);
-                self.forget(&route, &key);
+                drop(reservation);
                 tracing::warn!(route = %route, "spool full: webhook refused");
                 return Err(Rejection::SpoolFull);
             }
@@ -291,7 +397,7 @@ impl Spool {
         if let Err(e) = written {
             inner.used = inner.used.saturating_sub(size);
             drop(inner);
-            self.forget(&route, &key);
+            drop(reservation);
             self.refresh();
             if store::is_disk_full(&e) {
                 tracing::warn!(route = %route, "spool: disk full, webhook refused");
@@ -314,9 +420,13 @@ impl Spool {
                     next_at: None,
                     last_error: None,
                     indexed: Instant::now(),
+                    strikes: 0,
+                    since_ms: meta.accepted_ms,
+                    stuck: false,
                 },
             );
         drop(inner);
+        reservation.confirm();
         self.refresh();
         if let Some(n) = self.wake.get(&route) {
             n.notify_one();
@@ -341,6 +451,9 @@ impl Spool {
         }
         let mut earliest: Option<Instant> = None;
         for (id, e) in &rq.entries {
+            if e.stuck || rq.suspect.as_ref() == Some(id) {
+                continue;
+            }
             match e.next_at {
                 Some(t) if t > now => earliest = Some(earliest.map_or(t, |x| x.min(t))),
                 _ => return Pick::Deliver(id.clone()),
@@ -354,12 +467,23 @@ impl Spool {
         self.lock().routes.get(route)?.entries.get(id).cloned()
     }
 
-    /// Delivered (or dropped by an operator): remove file and entry.
+    /// Delivered: remove file and entry. A file that cannot be removed keeps
+    /// its entry, marked so that it is not delivered again.
     pub fn remove(&self, route: &str, id: &Id) {
         // A state file exists only after a failed attempt (or from before a restart).
         let with_state = self.entry(route, id).is_none_or(|e| e.attempts > 0);
         if let Err(e) = Layout::remove_msg(&self.layout.queue, id, with_state) {
-            tracing::error!(route = %route, id = %id, error = %e.kind(), "spool: cannot remove a delivered message");
+            tracing::error!(route = %route, id = %id, error = %e.kind(),
+                "spool: cannot remove a delivered message; it stays on disk and is not delivered again");
+            if let Some(e) = self
+                .lock()
+                .routes
+                .get_mut(route)
+                .and_then(|rq| rq.entries.get_mut(id))
+            {
+                e.stuck = true;
+            }
+            return;
         }
         self.forget_entry(route, id);
     }
@@ -377,23 +501,59 @@ impl Spool {
         self.refresh();
     }
 
-    /// The route's upstream answered: end its pause and failure streak.
-    pub fn upstream_ok(&self, route: &str) {
-        if let Some(rq) = self.lock().routes.get_mut(route) {
-            rq.failures = 0;
-            rq.paused_until = None;
-        }
+    /// The route's upstream answered to message `id`: end the route's pause and
+    /// failure streak. A message stepped over for this probe is judged the
+    /// problem: it waits its own backoff and takes a strike.
+    pub fn upstream_ok(&self, route: &crate::config::Route, id: &Id) {
+        let rd = &route.redelivery;
+        let mut inner = self.lock();
+        let Some(rq) = inner.routes.get_mut(&route.name) else {
+            return;
+        };
+        rq.failures = 0;
+        rq.paused_until = None;
+        rq.streak = None;
+        let Some(suspect) = rq.suspect.take().filter(|s| s != id) else {
+            return;
+        };
+        let Some(e) = rq.entries.get_mut(&suspect) else {
+            return;
+        };
+        e.strikes = e.strikes.saturating_add(1);
+        e.next_at = Some(
+            Instant::now()
+                + policy::backoff(
+                    rd.backoff_initial,
+                    rd.backoff_max,
+                    e.strikes,
+                    fastrand::f64(),
+                ),
+        );
+        let state = State {
+            route: route.name.clone(),
+            attempts: e.attempts,
+            last_error: e.last_error.clone(),
+            last_attempt_ms: Some(now_ms()),
+            strikes: e.strikes,
+            since_ms: Some(e.since_ms),
+        };
+        drop(inner);
+        tracing::warn!(route = %route.name, id = %suspect,
+            "spool: the upstream takes other messages but fails on this one; it waits its own backoff");
+        let _ = self
+            .layout
+            .write_state(&self.layout.queue, &suspect, &state);
     }
 
-    /// Record a failed attempt. Returns true when the message was dead-lettered
-    /// (too many attempts, too old, or `permanent`).
+    /// Record a failed attempt. Returns true when the message was dead-lettered:
+    /// refused for good, `max_attempts` failures of its own, or older than
+    /// `max_age`. Failures of the whole upstream count only against the age.
     pub fn failed(
         &self,
         route: &crate::config::Route,
         id: &Id,
         error: String,
-        permanent: bool,
-        upstream_wide: bool,
+        kind: FailureKind,
     ) -> bool {
         let rd = &route.redelivery;
         let now = Instant::now();
@@ -401,26 +561,54 @@ impl Spool {
         let Some(rq) = inner.routes.get_mut(&route.name) else {
             return false;
         };
+        let several = rq.entries.len() > 1;
         let Some(e) = rq.entries.get_mut(id) else {
             return false;
         };
         e.attempts = e.attempts.saturating_add(1);
         e.last_error = Some(error.clone());
-        let age = Duration::from_millis(now_ms().saturating_sub(e.accepted_ms));
-        let dead = permanent || e.attempts >= rd.max_attempts || age >= rd.max_age;
+        if kind == FailureKind::Message {
+            e.strikes = e.strikes.saturating_add(1);
+        }
+        let age = Duration::from_millis(now_ms().saturating_sub(e.since_ms));
+        let dead =
+            kind == FailureKind::Permanent || e.strikes >= rd.max_attempts || age >= rd.max_age;
         let state = State {
             route: route.name.clone(),
             attempts: e.attempts,
             last_error: Some(error),
             last_attempt_ms: Some(now_ms()),
+            strikes: e.strikes,
+            since_ms: Some(e.since_ms),
         };
         if !dead {
             let wait = |n| policy::backoff(rd.backoff_initial, rd.backoff_max, n, fastrand::f64());
-            if upstream_wide {
+            if kind == FailureKind::Unreachable {
                 rq.failures = rq.failures.saturating_add(1);
                 rq.paused_until = Some(now + wait(rq.failures));
+            } else if kind == FailureKind::UpstreamWide {
+                rq.failures = rq.failures.saturating_add(1);
+                rq.paused_until = Some(now + wait(rq.failures));
+                if rq.suspect.as_ref().is_some_and(|s| s != id) {
+                    // The probe failed too: an outage, not one bad message.
+                    rq.suspect = None;
+                    rq.streak = None;
+                } else {
+                    let n = match &rq.streak {
+                        Some((s, n)) if s == id => n + 1,
+                        _ => 1,
+                    };
+                    rq.streak = Some((id.clone(), n));
+                    if n >= PROBE_AFTER && several {
+                        rq.suspect = Some(id.clone());
+                        rq.streak = None;
+                    }
+                }
             } else {
-                e.next_at = Some(now + wait(e.attempts));
+                e.next_at = Some(now + wait(e.strikes));
+                if rq.suspect.as_ref() == Some(id) {
+                    rq.suspect = None;
+                }
             }
             drop(inner);
             if let Err(err) = self.layout.write_state(&self.layout.queue, id, &state) {
@@ -429,6 +617,9 @@ impl Spool {
             return false;
         }
         let size = rq.entries.remove(id).map_or(0, |e| e.size);
+        if rq.suspect.as_ref() == Some(id) {
+            rq.suspect = None;
+        }
         rq.dead += 1;
         inner
             .dead
@@ -460,38 +651,55 @@ impl Spool {
 
     /// Bring the index in line with the folders: records added by `hookgate
     /// spool retry` join, records removed by `hookgate spool drop` leave, and
-    /// damaged ones are set aside. Runs at start and then every second.
+    /// damaged ones are set aside. Runs at start and then every second; the
+    /// folders are listed by name only, and only unknown records are read.
     pub fn rescan(&self) -> std::io::Result<()> {
         // Entries indexed after this moment may be missing from the listings
         // below without being gone.
         let listed_at = Instant::now();
-        let on_disk = Layout::list(&self.layout.queue)?;
-        let dead_on_disk = Layout::list(&self.layout.dead)?;
-        let disk_ids: HashSet<&Id> = on_disk.iter().map(|(i, _)| i).collect();
-        // New queue records (not known, not being written).
-        let unknown: Vec<(Id, u64)> = {
+        let (on_disk, states) = Layout::ids(&self.layout.queue)?;
+        let (dead_on_disk, dead_states) = Layout::ids(&self.layout.dead)?;
+        let disk_ids: HashSet<&Id> = on_disk.iter().collect();
+        let dead_ids: HashSet<&Id> = dead_on_disk.iter().collect();
+        Layout::remove_orphan_states(&self.layout.queue, &states, &disk_ids, ORPHAN_AGE);
+        Layout::remove_orphan_states(&self.layout.dead, &dead_states, &dead_ids, ORPHAN_AGE);
+        // Records not in the index (and not being written or buried right now).
+        let (unknown, unknown_dead): (Vec<Id>, Vec<Id>) = {
             let inner = self.lock();
             let known = |id: &Id| {
                 inner.pending.contains(id)
+                    || inner.dead.contains_key(id)
                     || inner.routes.values().any(|rq| rq.entries.contains_key(id))
             };
-            on_disk
-                .iter()
-                .filter(|(id, _)| !known(id))
-                .cloned()
-                .collect()
+            (
+                on_disk.iter().filter(|id| !known(id)).cloned().collect(),
+                dead_on_disk
+                    .iter()
+                    .filter(|id| !inner.dead.contains_key(*id))
+                    .cloned()
+                    .collect(),
+            )
         };
         let mut found = Vec::new();
-        for (id, size) in unknown {
+        for id in unknown {
             self.ids.observe(&id);
             let bytes = match std::fs::read(Layout::msg(&self.layout.queue, &id)) {
                 Ok(b) => b,
-                Err(_) => continue, // delivered or moved meanwhile
+                // Delivered or moved meanwhile.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    let mut inner = self.lock();
+                    if inner.unreadable.insert(id.clone()) {
+                        tracing::error!(id = %id, error = %e.kind(),
+                            "spool: cannot read a record; it is not delivered until it can be read");
+                    }
+                    continue;
+                }
             };
             match record::decode_meta(&bytes) {
                 Ok(meta) => {
                     let st = Layout::read_state(&self.layout.queue, &id).unwrap_or_default();
-                    found.push((id, size, meta, st));
+                    found.push((id, bytes.len() as u64, meta, st));
                 }
                 Err(e) => {
                     tracing::warn!(id = %id, problem = %e, "spool: damaged record set aside");
@@ -500,19 +708,43 @@ impl Spool {
                 }
             }
         }
+        let mut found_dead = Vec::new();
+        for id in unknown_dead {
+            self.ids.observe(&id);
+            let path = Layout::msg(&self.layout.dead, &id);
+            let Ok(size) = std::fs::metadata(&path).map(|m| m.len()) else {
+                continue;
+            };
+            let route = match Layout::read_state(&self.layout.dead, &id) {
+                Some(st) if !st.route.is_empty() => st.route,
+                _ => std::fs::read(&path)
+                    .ok()
+                    .and_then(|b| record::decode_meta(&b).ok())
+                    .map_or_else(|| "unknown".to_string(), |m| m.route),
+            };
+            found_dead.push((id, size, route));
+        }
+
         let mut inner = self.lock();
         let now = Instant::now();
         for (id, size, meta, st) in found {
             if inner.routes.values().any(|rq| rq.entries.contains_key(&id)) {
                 continue;
             }
+            inner.unreadable.remove(&id);
             inner.used += size;
             if !self.dedup_window.is_zero() {
                 let age = Duration::from_millis(now_ms().saturating_sub(meta.accepted_ms));
                 if age < self.dedup_window {
                     let k = format!("{}\u{0}{}", meta.route, meta.key);
                     let t = now.checked_sub(age).unwrap_or(now);
-                    inner.dedup.seen.insert(k.clone(), t);
+                    inner.dedup.seen.insert(
+                        k.clone(),
+                        Seen {
+                            at: t,
+                            durable: true,
+                        },
+                    );
                     inner.dedup.order.push_back((t, k));
                 }
             }
@@ -526,6 +758,9 @@ impl Spool {
                     next_at: None,
                     last_error: st.last_error,
                     indexed: now,
+                    strikes: st.strikes,
+                    since_ms: st.since_ms.unwrap_or(meta.accepted_ms),
+                    stuck: false,
                 },
             );
             if let Some(w) = wake {
@@ -542,10 +777,16 @@ impl Spool {
                 }
                 keep
             });
+            if rq
+                .suspect
+                .as_ref()
+                .is_some_and(|s| !rq.entries.contains_key(s))
+            {
+                rq.suspect = None;
+            }
         }
         inner.used = inner.used.saturating_sub(gone);
-        // Dead letters: count them by route.
-        let dead_ids: HashSet<&Id> = dead_on_disk.iter().map(|(i, _)| i).collect();
+        // Dead letters: gone ones leave, new ones join, counted by route.
         let stale: Vec<Id> = inner
             .dead
             .iter()
@@ -560,21 +801,13 @@ impl Spool {
                 }
             }
         }
-        for (id, size) in dead_on_disk {
+        for (id, size, route) in found_dead {
             if inner.dead.contains_key(&id) {
                 continue;
             }
-            self.ids.observe(&id);
-            let route = match Layout::read_state(&self.layout.dead, &id) {
-                Some(st) if !st.route.is_empty() => st.route,
-                _ => std::fs::read(Layout::msg(&self.layout.dead, &id))
-                    .ok()
-                    .and_then(|b| record::decode_meta(&b).ok())
-                    .map_or_else(|| "unknown".to_string(), |m| m.route),
-            };
             inner.used += size;
             inner.routes.entry(route.clone()).or_default().dead += 1;
-            inner.dead.insert(id, (route, size, Instant::now()));
+            inner.dead.insert(id, (route, size, now));
         }
         let dedup_window = self.dedup_window;
         inner.dedup.expire(now, dedup_window);

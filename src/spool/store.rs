@@ -46,6 +46,13 @@ pub struct State {
     pub last_error: Option<String>,
     /// When it was last tried (Unix ms).
     pub last_attempt_ms: Option<u64>,
+    /// Failures of this message alone (counted against `max_attempts`).
+    #[serde(default)]
+    pub strikes: u32,
+    /// Queued again by an operator at this time (Unix ms): its age for
+    /// `max_age_s` counts from here.
+    #[serde(default)]
+    pub since_ms: Option<u64>,
 }
 
 impl Layout {
@@ -128,20 +135,52 @@ impl Layout {
     /// The ids of the records in `folder`, sorted, with their sizes.
     pub fn list(folder: &Path) -> std::io::Result<Vec<(Id, u64)>> {
         let mut out = Vec::new();
-        for e in std::fs::read_dir(folder)? {
-            let e = e?;
-            let name = e.file_name();
-            let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".msg")) else {
-                continue;
-            };
-            let Some(id) = Id::parse(stem) else { continue };
+        for id in Layout::ids(folder)?.0 {
             // A file removed meanwhile is simply not listed.
-            if let Ok(m) = e.metadata() {
+            if let Ok(m) = std::fs::metadata(Layout::msg(folder, &id)) {
                 out.push((id, m.len()));
             }
         }
-        out.sort();
         Ok(out)
+    }
+
+    /// The ids of the records and of the state files in `folder`, sorted; names
+    /// only (no `stat` per file, so a large backlog stays cheap to list).
+    pub fn ids(folder: &Path) -> std::io::Result<(Vec<Id>, Vec<Id>)> {
+        let (mut msgs, mut states) = (Vec::new(), Vec::new());
+        for e in std::fs::read_dir(folder)? {
+            let name = e?.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if let Some(id) = name.strip_suffix(".msg").and_then(Id::parse) {
+                msgs.push(id);
+            } else if let Some(id) = name.strip_suffix(".state").and_then(Id::parse) {
+                states.push(id);
+            }
+        }
+        msgs.sort();
+        states.sort();
+        Ok((msgs, states))
+    }
+
+    /// Remove state files whose record is gone (dropped by an operator while
+    /// it was being tried), once they are older than `min_age`.
+    pub fn remove_orphan_states(
+        folder: &Path,
+        states: &[Id],
+        msgs: &std::collections::HashSet<&Id>,
+        min_age: std::time::Duration,
+    ) {
+        for id in states.iter().filter(|id| !msgs.contains(id)) {
+            let p = Layout::state(folder, id);
+            let old = std::fs::metadata(&p)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age >= min_age);
+            if old {
+                let _ = std::fs::remove_file(p);
+            }
+        }
     }
 
     /// Read a state file; a missing or unreadable one is `None`.
@@ -225,6 +264,7 @@ mod tests {
             attempts: 3,
             last_error: Some("HTTP 500".into()),
             last_attempt_ms: Some(9),
+            ..State::default()
         };
         l.bury(&id, &st).unwrap();
         assert!(Layout::list(&l.queue).unwrap().is_empty());

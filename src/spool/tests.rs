@@ -59,7 +59,7 @@ fn open(dir: &std::path::Path, max: u64) -> (Arc<Spool>, Metrics) {
 }
 
 async fn put(s: &Arc<Spool>, call: &str) -> Id {
-    match s.accept(meta(call), b"{}", true).await.unwrap() {
+    match s.accept(meta(call), b"{}", None).await.unwrap() {
         Accepted::Spooled(id) => id,
         Accepted::Duplicate => panic!("duplicate"),
     }
@@ -75,7 +75,7 @@ async fn oldest_first_and_a_failing_message_is_stepped_over() {
     assert_eq!(s.pick("r", now), Pick::Deliver(a.clone()));
     // `a` failed on its own (the upstream answered 500): `b` goes next.
     let r = route(5);
-    assert!(!s.failed(&r, &a, "HTTP 500".into(), false, false));
+    assert!(!s.failed(&r, &a, "HTTP 500".into(), FailureKind::Message));
     assert_eq!(s.pick("r", Instant::now()), Pick::Deliver(b.clone()));
     s.remove("r", &b);
     assert!(matches!(s.pick("r", Instant::now()), Pick::WaitUntil(_)));
@@ -100,13 +100,13 @@ async fn an_upstream_wide_failure_pauses_the_route_in_order() {
     let a = put(&s, "a").await;
     let _b = put(&s, "b").await;
     let r = route(5);
-    assert!(!s.failed(&r, &a, "timeout".into(), false, true));
+    assert!(!s.failed(&r, &a, "timeout".into(), FailureKind::UpstreamWide));
     let Pick::WaitUntil(t) = s.pick("r", Instant::now()) else {
         panic!("the route must wait");
     };
     // After the pause the same (oldest) message is tried first.
     assert_eq!(s.pick("r", t), Pick::Deliver(a.clone()));
-    s.upstream_ok("r");
+    s.upstream_ok(&r, &a);
     assert_eq!(s.pick("r", Instant::now()), Pick::Deliver(a));
 }
 
@@ -117,9 +117,14 @@ async fn dead_letters_after_max_attempts_or_at_once_when_permanent() {
     let a = put(&s, "a").await;
     let b = put(&s, "b").await;
     let r = route(2);
-    assert!(!s.failed(&r, &a, "HTTP 500".into(), false, false));
-    assert!(s.failed(&r, &a, "HTTP 500".into(), false, false));
-    assert!(s.failed(&r, &b, "HTTP 400 (permanent)".into(), true, false));
+    assert!(!s.failed(&r, &a, "HTTP 500".into(), FailureKind::Message));
+    assert!(s.failed(&r, &a, "HTTP 500".into(), FailureKind::Message));
+    assert!(s.failed(
+        &r,
+        &b,
+        "HTTP 400 (permanent)".into(),
+        FailureKind::Permanent
+    ));
     assert_eq!(s.depth(), 0);
     assert_eq!(Layout::list(&s.layout().dead).unwrap().len(), 2);
     assert_eq!(m.spool.dead_letters.with_label_values(&["r"]).get(), 2);
@@ -135,16 +140,16 @@ async fn duplicates_and_the_budget() {
     let (s, m) = open(d.path(), 1024 * 1024);
     put(&s, "a").await;
     assert_eq!(
-        s.accept(meta("a"), b"{}", true).await.unwrap(),
+        s.accept(meta("a"), b"{}", None).await.unwrap(),
         Accepted::Duplicate
     );
     // Over the budget: refused, and the key is forgotten so a retry is welcome.
     let big = vec![b' '; 1024 * 1024];
     assert_eq!(
-        s.accept(meta("big"), &big, true).await,
+        s.accept(meta("big"), &big, None).await,
         Err(Rejection::SpoolFull)
     );
-    assert!(!s.seen_before("r", &meta("big").key));
+    assert!(matches!(s.check_in("r", &meta("big").key), Check::New(_)));
     assert_eq!(s.depth(), 1);
     assert_eq!(m.spool.messages.with_label_values(&["r"]).get(), 1);
 }
@@ -156,14 +161,14 @@ async fn reopening_rebuilds_the_index_and_rescan_follows_the_folders() {
         let (s, _m) = open(d.path(), 1 << 30);
         let a = put(&s, "a").await;
         let b = put(&s, "b").await;
-        s.failed(&route(5), &a, "HTTP 500".into(), false, false);
+        s.failed(&route(5), &a, "HTTP 500".into(), FailureKind::Message);
         (a, b)
     };
     let (s, m) = open(d.path(), 1 << 30);
     assert_eq!(s.depth(), 2);
     // Attempts survive a restart; the dedup window too.
     assert_eq!(s.entry("r", &a).unwrap().attempts, 1);
-    assert!(s.seen_before("r", &meta("b").key));
+    assert!(matches!(s.check_in("r", &meta("b").key), Check::Duplicate));
     // A new id sorts after everything found on disk.
     let c = put(&s, "c").await;
     assert!(c > b);
@@ -207,4 +212,81 @@ async fn a_rescan_running_beside_accepts_never_drops_a_new_entry() {
         .map(|(_, n)| n)
         .sum();
     assert_eq!(m.spool.bytes.get() as u64, on_disk);
+}
+
+#[tokio::test]
+async fn whole_upstream_failures_pause_without_using_up_attempts() {
+    let d = tempfile::tempdir().unwrap();
+    let (s, _m) = open(d.path(), 1 << 30);
+    let a = put(&s, "a").await;
+    let r = route(2);
+    for _ in 0..10 {
+        assert!(!s.failed(&r, &a, "timeout".into(), FailureKind::UpstreamWide));
+    }
+    let e = s.entry("r", &a).unwrap();
+    assert_eq!((e.attempts, e.strikes), (10, 0));
+    // Alone in the queue, it is never stepped over: after the pause, it again.
+    assert_eq!(
+        s.pick("r", Instant::now() + Duration::from_secs(61)),
+        Pick::Deliver(a)
+    );
+}
+
+#[tokio::test]
+async fn a_message_that_breaks_the_upstream_is_found_by_a_probe() {
+    let d = tempfile::tempdir().unwrap();
+    let (s, _m) = open(d.path(), 1 << 30);
+    let a = put(&s, "a").await;
+    let b = put(&s, "b").await;
+    let c = put(&s, "c").await;
+    let r = route(5);
+    let later = || Instant::now() + Duration::from_secs(61);
+    for _ in 0..PROBE_AFTER {
+        assert_eq!(s.pick("r", later()), Pick::Deliver(a.clone()));
+        s.failed(
+            &r,
+            &a,
+            "unavailable: reset".into(),
+            FailureKind::UpstreamWide,
+        );
+    }
+    // Three resets in a row on `a`: the next try goes to `b`.
+    assert_eq!(s.pick("r", later()), Pick::Deliver(b.clone()));
+    // `b` is delivered: the upstream is fine, `a` is the problem.
+    s.upstream_ok(&r, &b);
+    s.remove("r", &b);
+    assert_eq!(s.entry("r", &a).unwrap().strikes, 1);
+    assert_eq!(s.pick("r", Instant::now()), Pick::Deliver(c.clone()));
+
+    // Had `b` failed as well, it would have been an outage: `a` first again.
+    let d2 = tempfile::tempdir().unwrap();
+    let (s, _m) = open(d2.path(), 1 << 30);
+    let a = put(&s, "a").await;
+    let b = put(&s, "b").await;
+    for _ in 0..PROBE_AFTER {
+        s.failed(&r, &a, "timeout".into(), FailureKind::UpstreamWide);
+    }
+    assert_eq!(s.pick("r", later()), Pick::Deliver(b.clone()));
+    s.failed(&r, &b, "timeout".into(), FailureKind::UpstreamWide);
+    assert_eq!(s.pick("r", later()), Pick::Deliver(a.clone()));
+    assert_eq!(s.entry("r", &a).unwrap().strikes, 0);
+}
+
+#[tokio::test]
+async fn a_repeat_waits_for_the_original_to_be_durable() {
+    let d = tempfile::tempdir().unwrap();
+    let (s, _m) = open(d.path(), 1 << 30);
+    let key = meta("x").key;
+    let Check::New(first) = s.check_in("r", &key) else {
+        panic!("new");
+    };
+    // While the first is being written, a repeat is neither new nor a duplicate.
+    assert!(matches!(s.check_in("r", &key), Check::InProgress));
+    // The first failed (released): the repeat is welcome.
+    drop(first);
+    let Check::New(second) = s.check_in("r", &key) else {
+        panic!("new again");
+    };
+    second.confirm();
+    assert!(matches!(s.check_in("r", &key), Check::Duplicate));
 }

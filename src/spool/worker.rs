@@ -6,7 +6,7 @@
 use super::policy::{upstream_wide, Verdict};
 use super::record::{self, Id};
 use super::store::Layout;
-use super::{Pick, Spool};
+use super::{FailureKind, Pick, Spool};
 use crate::config::Route;
 use crate::upstream::{Deliverer, Destination, Failure, Outgoing};
 use async_trait::async_trait;
@@ -49,8 +49,22 @@ impl BackgroundService for SpoolService {
                 w.clone(),
                 shutdown.clone(),
             );
+            // Supervised: should a loop ever panic, it is logged and restarted,
+            // so 202s never go on while nothing delivers.
             tasks.push(tokio::spawn(async move {
-                run_route(&spool, &deliverer, &w, sd).await
+                loop {
+                    let (spool, deliverer, w, sd) =
+                        (spool.clone(), deliverer.clone(), w.clone(), sd.clone());
+                    let run =
+                        tokio::spawn(async move { run_route(&spool, &deliverer, &w, sd).await });
+                    match run.await {
+                        Err(e) if e.is_panic() => {
+                            tracing::error!("spool: a delivery loop panicked; restarting it");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                        _ => return,
+                    }
+                }
             }));
         }
         let spool = self.spool.clone();
@@ -147,7 +161,12 @@ async fn attempt(spool: &Arc<Spool>, deliverer: &Deliverer, w: &RouteWorker, id:
             return;
         }
         _ => {
-            spool.failed(route, id, "cannot read the record".into(), false, true);
+            spool.failed(
+                route,
+                id,
+                "cannot read the record".into(),
+                FailureKind::Unreachable,
+            );
             return;
         }
     };
@@ -170,34 +189,42 @@ async fn attempt(spool: &Arc<Spool>, deliverer: &Deliverer, w: &RouteWorker, id:
     match result {
         Ok((answer, _)) => match route.redelivery.statuses.verdict(answer.status) {
             Verdict::Delivered => {
-                spool.upstream_ok(&route.name);
+                spool.upstream_ok(route, id);
                 let s = spool.clone();
                 let (r, i) = (route.name.clone(), id.clone());
                 let _ = tokio::task::spawn_blocking(move || s.remove(&r, &i)).await;
                 count("delivered");
             }
             Verdict::Permanent => {
-                spool.upstream_ok(&route.name);
+                spool.upstream_ok(route, id);
                 let why = format!("HTTP {} (permanent)", answer.status);
-                bury_or_retry(spool, route, id, why, true, false).await;
+                bury_or_retry(spool, route, id, why, FailureKind::Permanent).await;
                 count("dead_lettered");
             }
             Verdict::Retry => {
-                let wide = upstream_wide(answer.status);
-                if !wide {
-                    spool.upstream_ok(&route.name);
-                }
+                let kind = if upstream_wide(answer.status) {
+                    FailureKind::UpstreamWide
+                } else {
+                    spool.upstream_ok(route, id);
+                    FailureKind::Message
+                };
                 let why = format!("HTTP {}", answer.status);
-                let dead = bury_or_retry(spool, route, id, why, false, wide).await;
+                let dead = bury_or_retry(spool, route, id, why, kind).await;
                 count(if dead { "dead_lettered" } else { "retry" });
             }
         },
         Err(f) => {
-            let why = match f {
-                Failure::Timeout => "timeout".to_string(),
-                Failure::Unavailable(why) => format!("unavailable: {why}"),
+            let (why, kind) = match f {
+                Failure::Timeout => ("timeout".to_string(), FailureKind::UpstreamWide),
+                Failure::Unavailable(why) => {
+                    (format!("unavailable: {why}"), FailureKind::UpstreamWide)
+                }
+                // Nothing was sent: this message cannot be the cause.
+                Failure::NotConnected(why) => {
+                    (format!("not connected: {why}"), FailureKind::Unreachable)
+                }
             };
-            let dead = bury_or_retry(spool, route, id, why, false, true).await;
+            let dead = bury_or_retry(spool, route, id, why, kind).await;
             count(if dead { "dead_lettered" } else { "retry" });
         }
     }
@@ -208,11 +235,10 @@ async fn bury_or_retry(
     route: &Arc<Route>,
     id: &Id,
     why: String,
-    permanent: bool,
-    wide: bool,
+    kind: FailureKind,
 ) -> bool {
     let (s, r, i) = (spool.clone(), route.clone(), id.clone());
-    tokio::task::spawn_blocking(move || s.failed(&r, &i, why, permanent, wide))
+    tokio::task::spawn_blocking(move || s.failed(&r, &i, why, kind))
         .await
         .unwrap_or(false)
 }

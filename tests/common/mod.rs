@@ -69,6 +69,8 @@ pub struct Received {
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
     pub connection: usize,
+    /// The status this upstream answered it with (0: no HTTP answer).
+    pub answered: u16,
 }
 
 impl Received {
@@ -179,9 +181,31 @@ fn serve_conn(
         let Some(req) = read_request(&mut reader, conn) else {
             return;
         };
+        let mut req = req;
+        let b = beh.lock().unwrap().clone();
+        req.answered = match &b {
+            Behavior::Answer { status, .. } => *status,
+            Behavior::Delay(_) => 200,
+            Behavior::FailWhenContains { needles, status } => {
+                let hit = needles
+                    .iter()
+                    .any(|n| req.body.windows(n.len()).any(|w| w == n.as_slice()));
+                if hit {
+                    *status
+                } else {
+                    200
+                }
+            }
+            Behavior::Raw { bytes, .. } => {
+                std::str::from_utf8(bytes.get(9..12).unwrap_or_default())
+                    .ok()
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(0)
+            }
+            Behavior::Reset | Behavior::Garbage => 0,
+        };
         let body = req.body.clone();
         rec.lock().unwrap().push(req);
-        let b = beh.lock().unwrap().clone();
         match b {
             Behavior::Answer {
                 status,
@@ -300,6 +324,7 @@ fn read_request(r: &mut BufReader<TcpStream>, conn: usize) -> Option<Received> {
         headers,
         body,
         connection: conn,
+        answered: 0,
     })
 }
 
