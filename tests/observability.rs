@@ -303,11 +303,7 @@ fn real_prometheus_sees_every_dashboard_and_alert_expression() {
             format!("http://127.0.0.1:{dead}/x"),
             "delivery = \"spool\"\n",
         ),
-        (
-            "given_up",
-            refusing.url("/g"),
-            "delivery = \"spool\"\n",
-        ),
+        ("given_up", refusing.url("/g"), "delivery = \"spool\"\n"),
     ] {
         cfg.push_str(&format!(
             "\n[[route]]\nname = \"{name}\"\npath = \"/webhooks/{name}\"\nupstream = \"{up}\"\nschema = \"{{SCHEMA}}\"\n{extra}"
