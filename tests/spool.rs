@@ -806,3 +806,34 @@ fn proxy_or_spool_does_not_overtake_webhooks_waiting_in_the_spool() {
     let r = gw.post(ROUTE, &webhook("new-2"));
     assert_eq!(r.status, 200);
 }
+
+#[test]
+fn a_repeat_while_the_first_copy_is_in_progress_is_told_to_retry() {
+    let spool = tempfile::tempdir().unwrap();
+    let up = Upstream::start(Behavior::Delay(Duration::from_secs(2)));
+    let cfg = spool_config(
+        &up.url("/in"),
+        spool.path(),
+        "proxy_or_spool",
+        "first_try_ms = 800",
+    );
+    let gw = Gateway::start(&cfg);
+    let body = webhook("twice");
+    let addr = gw.addr;
+    let first = {
+        let req = post_bytes(ROUTE, &body, &[]);
+        thread::spawn(move || raw(addr, &req).unwrap())
+    };
+    // The first copy is still in its first try: the repeat is not acknowledged.
+    assert!(wait_until(Duration::from_secs(2), || up.count() == 1));
+    let r = gw.post(ROUTE, &body);
+    assert_eq!(r.status, 409);
+    assert_eq!(r.json()["error"], "duplicate_in_progress");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    // The first copy times out on its first try and is spooled.
+    let r1 = first.join().unwrap();
+    assert_eq!((r1.status, status_of(&r1)), (202, "spooled".to_string()));
+    // Now it is durable: a repeat is a duplicate.
+    let r = gw.post(ROUTE, &body);
+    assert_eq!((r.status, status_of(&r)), (202, "duplicate".to_string()));
+}
