@@ -134,6 +134,20 @@ fn msgs_in(dir: &Path) -> usize {
     files_in(dir).iter().filter(|f| f.ends_with(".msg")).count()
 }
 
+/// An upstream answer with only a status.
+fn status_only(status: u16) -> Behavior {
+    Behavior::Answer {
+        status,
+        headers: vec![],
+        body: vec![],
+    }
+}
+
+/// Whether a metric series reaches `value` within `secs` seconds.
+fn settles(gw: &Gateway, series: &str, value: f64, secs: u64) -> bool {
+    wait_until(Duration::from_secs(secs), || gw.metric(series) == value)
+}
+
 fn reserved_addr() -> SocketAddr {
     format!("127.0.0.1:{}", free_port()).parse().unwrap()
 }
@@ -226,9 +240,12 @@ fn spooled_webhooks_survive_a_dead_upstream_and_arrive_in_order() {
         assert_eq!(r.header("x-token"), Some("t0ken-from-config"));
         assert_eq!(r.header("x-forwarded-for"), Some("127.0.0.1"));
     }
-    assert!(wait_until(Duration::from_secs(3), || gw
-        .metric("hookgate_spool_messages{route=\"crm\"}")
-        == 0.0));
+    assert!(settles(
+        &gw,
+        "hookgate_spool_messages{route=\"crm\"}",
+        0.0,
+        3
+    ));
     assert_eq!(
         gw.metric("hookgate_spool_deliveries_total{result=\"delivered\",route=\"crm\"}"),
         30.0
@@ -308,16 +325,15 @@ fn proxy_or_spool_answers_from_the_upstream_when_it_can_and_spools_when_it_canno
         "{}",
         gw.log()
     );
-    assert!(wait_until(Duration::from_secs(3), || gw
-        .metric("hookgate_spool_messages{route=\"crm\"}")
-        == 0.0));
+    assert!(settles(
+        &gw,
+        "hookgate_spool_messages{route=\"crm\"}",
+        0.0,
+        3
+    ));
 
     // 503: spooled, 202, delivered once the upstream is well again.
-    up.set_behavior(Behavior::Answer {
-        status: 503,
-        headers: vec![],
-        body: vec![],
-    });
+    up.set_behavior(status_only(503));
     let r = gw.post(ROUTE, &webhook("pos-c"));
     assert_eq!(r.status, 202);
     assert_eq!(status_of(&r), "spooled");
@@ -338,9 +354,12 @@ fn proxy_or_spool_answers_from_the_upstream_when_it_can_and_spools_when_it_canno
         assert!(keys.len() >= 2);
         assert!(keys.iter().all(|k| k == &keys[0]), "{keys:?}");
     }
-    assert!(wait_until(Duration::from_secs(3), || gw
-        .metric("hookgate_spool_messages{route=\"crm\"}")
-        == 0.0));
+    assert!(settles(
+        &gw,
+        "hookgate_spool_messages{route=\"crm\"}",
+        0.0,
+        3
+    ));
     assert_eq!(
         gw.metric("hookgate_requests_total{outcome=\"forwarded\",route=\"crm\"}"),
         3.0,
@@ -386,9 +405,12 @@ fn a_poisoned_message_does_not_block_the_rest_and_ends_in_the_dead_letters() {
         status: 400,
     });
     assert_eq!(gw.post(ROUTE, &webhook("poison-400")).status, 202);
-    assert!(wait_until(Duration::from_secs(5), || gw
-        .metric("hookgate_spool_dead_letters{route=\"crm\"}")
-        == 2.0));
+    assert!(settles(
+        &gw,
+        "hookgate_spool_dead_letters{route=\"crm\"}",
+        2.0,
+        5
+    ));
     let n400 = up
         .requests()
         .iter()
@@ -431,25 +453,30 @@ fn a_poisoned_message_does_not_block_the_rest_and_ends_in_the_dead_letters() {
         "{}",
         gw.log()
     );
-    assert!(wait_until(Duration::from_secs(3), || gw
-        .metric("hookgate_spool_dead_letters{route=\"crm\"}")
-        == 0.0));
+    assert!(settles(
+        &gw,
+        "hookgate_spool_dead_letters{route=\"crm\"}",
+        0.0,
+        3
+    ));
 
     // drop: a dead letter removed for good.
-    up.set_behavior(Behavior::Answer {
-        status: 422,
-        headers: vec![],
-        body: vec![],
-    });
+    up.set_behavior(status_only(422));
     assert_eq!(gw.post(ROUTE, &webhook("to-drop")).status, 202);
-    assert!(wait_until(Duration::from_secs(5), || gw
-        .metric("hookgate_spool_dead_letters{route=\"crm\"}")
-        == 1.0));
+    assert!(settles(
+        &gw,
+        "hookgate_spool_dead_letters{route=\"crm\"}",
+        1.0,
+        5
+    ));
     let (ok, out) = spool_cmd(spool.path(), &["drop", "--all-dead"]);
     assert!(ok && out.contains("dropped from dead"), "{out}");
-    assert!(wait_until(Duration::from_secs(3), || gw
-        .metric("hookgate_spool_dead_letters{route=\"crm\"}")
-        == 0.0));
+    assert!(settles(
+        &gw,
+        "hookgate_spool_dead_letters{route=\"crm\"}",
+        0.0,
+        3
+    ));
     assert_eq!(gw.metric("hookgate_spool_bytes"), 0.0);
 }
 
@@ -516,11 +543,7 @@ fn kill_9_at_random_moments_loses_no_accepted_webhook() {
         // Half the rounds with an upstream that refuses, so a backlog builds up
         // and the kill also hits redelivery.
         up.set_behavior(if round % 2 == 0 {
-            Behavior::Answer {
-                status: 503,
-                headers: vec![],
-                body: vec![],
-            }
+            status_only(503)
         } else {
             ok_answer()
         });
@@ -584,9 +607,12 @@ fn kill_9_at_random_moments_loses_no_accepted_webhook() {
         missing(&up).iter().take(5).collect::<Vec<_>>(),
         gw.log()
     );
-    assert!(wait_until(Duration::from_secs(5), || gw
-        .metric("hookgate_spool_messages{route=\"crm\"}")
-        == 0.0));
+    assert!(settles(
+        &gw,
+        "hookgate_spool_messages{route=\"crm\"}",
+        0.0,
+        5
+    ));
     // Nothing damaged: every record in the queue was complete.
     assert_eq!(msgs_in(&spool.path().join("corrupt")), 0);
     let delivered = up.count();
@@ -689,9 +715,7 @@ fn a_full_spool_answers_503_and_keeps_what_it_accepted() {
     let up = Upstream::start_on(up_addr, ok_answer());
     assert!(wait_until(Duration::from_secs(10), || up.count() == 5));
     // Room again.
-    assert!(wait_until(Duration::from_secs(3), || gw
-        .metric("hookgate_spool_bytes")
-        == 0.0));
+    assert!(settles(&gw, "hookgate_spool_bytes", 0.0, 3));
     assert_eq!(gw.post(ROUTE, &big(9)).status, 202);
     drop(gw);
     drop(up);
@@ -799,9 +823,12 @@ fn proxy_or_spool_does_not_overtake_webhooks_waiting_in_the_spool() {
     let order: Vec<String> = up.requests().iter().map(|r| call_id_of(&r.body)).collect();
     assert_eq!(order, ["wait-1", "wait-2", "new-1"]);
     // Drained: the next one goes straight through again.
-    assert!(wait_until(Duration::from_secs(3), || gw
-        .metric("hookgate_spool_messages{route=\"crm\"}")
-        == 0.0));
+    assert!(settles(
+        &gw,
+        "hookgate_spool_messages{route=\"crm\"}",
+        0.0,
+        3
+    ));
     thread::sleep(Duration::from_millis(100));
     let r = gw.post(ROUTE, &webhook("new-2"));
     assert_eq!(r.status, 200);
