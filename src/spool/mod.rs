@@ -145,6 +145,20 @@ pub struct Entry {
     pub stuck: bool,
 }
 
+impl Entry {
+    /// What is kept on disk about this entry's attempts.
+    fn state(&self, route: &str) -> State {
+        State {
+            route: route.to_string(),
+            attempts: self.attempts,
+            last_error: self.last_error.clone(),
+            last_attempt_ms: Some(now_ms()),
+            strikes: self.strikes,
+            since_ms: Some(self.since_ms),
+        }
+    }
+}
+
 #[derive(Default)]
 struct RouteQueue {
     entries: BTreeMap<Id, Entry>,
@@ -173,7 +187,17 @@ struct Dedup {
     order: VecDeque<(Instant, String)>,
 }
 
+/// A webhook's key in the dedup window: route and idempotency key.
+fn dedup_key(route: &str, key: &str) -> String {
+    format!("{route}\u{0}{key}")
+}
+
 impl Dedup {
+    fn remember(&mut self, k: String, at: Instant, durable: bool) {
+        self.seen.insert(k.clone(), Seen { at, durable });
+        self.order.push_back((at, k));
+    }
+
     fn expire(&mut self, now: Instant, window: Duration) {
         while let Some((t, _)) = self.order.front() {
             if now.duration_since(*t) < window && self.order.len() <= DEDUP_MAX_KEYS {
@@ -326,20 +350,13 @@ impl Spool {
         let mut inner = self.lock();
         let window = self.dedup_window;
         inner.dedup.expire(now, window);
-        let k = format!("{route}\u{0}{key}");
+        let k = dedup_key(route, key);
         match inner.dedup.seen.get(&k) {
             Some(s) if s.durable => return Check::Duplicate,
             Some(_) => return Check::InProgress,
             None => {}
         }
-        inner.dedup.seen.insert(
-            k.clone(),
-            Seen {
-                at: now,
-                durable: false,
-            },
-        );
-        inner.dedup.order.push_back((now, k.clone()));
+        inner.dedup.remember(k.clone(), now, false);
         Check::New(Reservation {
             spool: Some(self.clone()),
             key: k,
@@ -520,23 +537,8 @@ impl Spool {
             return;
         };
         e.strikes = e.strikes.saturating_add(1);
-        e.next_at = Some(
-            Instant::now()
-                + policy::backoff(
-                    rd.backoff_initial,
-                    rd.backoff_max,
-                    e.strikes,
-                    fastrand::f64(),
-                ),
-        );
-        let state = State {
-            route: route.name.clone(),
-            attempts: e.attempts,
-            last_error: e.last_error.clone(),
-            last_attempt_ms: Some(now_ms()),
-            strikes: e.strikes,
-            since_ms: Some(e.since_ms),
-        };
+        e.next_at = Some(Instant::now() + rd.wait(e.strikes));
+        let state = e.state(&route.name);
         drop(inner);
         tracing::warn!(route = %route.name, id = %suspect,
             "spool: the upstream takes other messages but fails on this one; it waits its own backoff");
@@ -566,29 +568,26 @@ impl Spool {
             return false;
         };
         e.attempts = e.attempts.saturating_add(1);
-        e.last_error = Some(error.clone());
+        e.last_error = Some(error);
         if kind == FailureKind::Message {
             e.strikes = e.strikes.saturating_add(1);
         }
         let age = Duration::from_millis(now_ms().saturating_sub(e.since_ms));
         let dead =
             kind == FailureKind::Permanent || e.strikes >= rd.max_attempts || age >= rd.max_age;
-        let state = State {
-            route: route.name.clone(),
-            attempts: e.attempts,
-            last_error: Some(error),
-            last_attempt_ms: Some(now_ms()),
-            strikes: e.strikes,
-            since_ms: Some(e.since_ms),
-        };
+        let state = e.state(&route.name);
         if !dead {
-            let wait = |n| policy::backoff(rd.backoff_initial, rd.backoff_max, n, fastrand::f64());
-            if kind == FailureKind::Unreachable {
+            if kind == FailureKind::Message {
+                e.next_at = Some(now + rd.wait(e.strikes));
+                if rq.suspect.as_ref() == Some(id) {
+                    rq.suspect = None;
+                }
+            } else {
+                // The whole route pauses.
                 rq.failures = rq.failures.saturating_add(1);
-                rq.paused_until = Some(now + wait(rq.failures));
-            } else if kind == FailureKind::UpstreamWide {
-                rq.failures = rq.failures.saturating_add(1);
-                rq.paused_until = Some(now + wait(rq.failures));
+                rq.paused_until = Some(now + rd.wait(rq.failures));
+            }
+            if kind == FailureKind::UpstreamWide {
                 if rq.suspect.as_ref().is_some_and(|s| s != id) {
                     // The probe failed too: an outage, not one bad message.
                     rq.suspect = None;
@@ -603,11 +602,6 @@ impl Spool {
                         rq.suspect = Some(id.clone());
                         rq.streak = None;
                     }
-                }
-            } else {
-                e.next_at = Some(now + wait(e.strikes));
-                if rq.suspect.as_ref() == Some(id) {
-                    rq.suspect = None;
                 }
             }
             drop(inner);
@@ -736,16 +730,10 @@ impl Spool {
             if !self.dedup_window.is_zero() {
                 let age = Duration::from_millis(now_ms().saturating_sub(meta.accepted_ms));
                 if age < self.dedup_window {
-                    let k = format!("{}\u{0}{}", meta.route, meta.key);
                     let t = now.checked_sub(age).unwrap_or(now);
-                    inner.dedup.seen.insert(
-                        k.clone(),
-                        Seen {
-                            at: t,
-                            durable: true,
-                        },
-                    );
-                    inner.dedup.order.push_back((t, k));
+                    inner
+                        .dedup
+                        .remember(dedup_key(&meta.route, &meta.key), t, true);
                 }
             }
             let wake = self.wake.get(&meta.route).cloned();

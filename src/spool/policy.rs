@@ -127,6 +127,14 @@ pub fn upstream_wide(status: u16) -> bool {
     matches!(status, 429 | 502 | 503 | 504)
 }
 
+impl crate::config::Redelivery {
+    /// The wait before attempt `n + 1` after `n` failures: [`backoff`] with
+    /// this route's bounds and a fresh random draw.
+    pub fn wait(&self, n: u32) -> Duration {
+        backoff(self.backoff_initial, self.backoff_max, n, fastrand::f64())
+    }
+}
+
 /// Exponential backoff with jitter: attempt `n` (1-based) waits between half
 /// and all of `initial * 2^(n-1)`, capped at `max`. `unit` in [0, 1) is the
 /// random draw, passed in so the bounds are testable.
