@@ -488,7 +488,12 @@ impl Spool {
     /// its entry, marked so that it is not delivered again.
     pub fn remove(&self, route: &str, id: &Id) {
         // A state file exists only after a failed attempt (or from before a restart).
-        let with_state = self.entry(route, id).is_none_or(|e| e.attempts > 0);
+        let with_state = self
+            .lock()
+            .routes
+            .get(route)
+            .and_then(|rq| rq.entries.get(id))
+            .is_none_or(|e| e.attempts > 0);
         if let Err(e) = Layout::remove_msg(&self.layout.queue, id, with_state) {
             tracing::error!(route = %route, id = %id, error = %e.kind(),
                 "spool: cannot remove a delivered message; it stays on disk and is not delivered again");

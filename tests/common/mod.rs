@@ -204,7 +204,7 @@ fn serve_conn(
             }
             Behavior::Reset | Behavior::Garbage => 0,
         };
-        let body = req.body.clone();
+        let answered = req.answered;
         rec.lock().unwrap().push(req);
         match b {
             Behavior::Answer {
@@ -247,12 +247,9 @@ fn serve_conn(
                     return;
                 }
             }
-            Behavior::FailWhenContains { needles, status } => {
-                let hit = needles
-                    .iter()
-                    .any(|n| body.windows(n.len()).any(|w| w == n.as_slice()));
-                let status = if hit { status } else { 200 };
-                let h = format!("HTTP/1.1 {status} X\r\nContent-Length: 2\r\n\r\nok");
+            Behavior::FailWhenContains { .. } => {
+                // The status was decided when the request was recorded.
+                let h = format!("HTTP/1.1 {answered} X\r\nContent-Length: 2\r\n\r\nok");
                 if out.write_all(h.as_bytes()).is_err() {
                     return;
                 }
