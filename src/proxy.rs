@@ -354,7 +354,7 @@ impl Gateway {
         let base = self.base_headers(s.req_header(), route, peer);
         let spool = match (route.delivery, &self.spool) {
             (Delivery::Proxy, _) | (_, None) => {
-                let out = with_rules(route, base, body, None);
+                let out = Outgoing::for_route(route, base, body, None);
                 let result = self.deliver(&entry, out, route.timeout, f).await;
                 return match result {
                     Ok(answer) => Ok(passed_back(answer)),
@@ -389,7 +389,7 @@ impl Gateway {
             };
             // With older webhooks waiting, a first try would overtake them.
             if !spool.has_backlog(&route.name) {
-                let out = with_rules(route, base, body.clone(), Some(&meta.key));
+                let out = Outgoing::for_route(route, base, body.clone(), Some(&meta.key));
                 let first_try = route.redelivery.first_try.min(route.timeout);
                 match self.deliver(&entry, out, first_try, f).await {
                     Ok(answer) => match route.redelivery.statuses.verdict(answer.status) {
@@ -523,30 +523,6 @@ impl Gateway {
             call_id: f.call_id.as_deref(),
         }
         .emit();
-    }
-}
-
-/// The upstream request: base headers, the route's rules, the idempotency key.
-fn with_rules(
-    route: &Route,
-    mut list: Vec<(HeaderName, HeaderValue)>,
-    body: Bytes,
-    idempotency_key: Option<&str>,
-) -> Outgoing {
-    headers::apply_rules(&route.headers, |name, value| {
-        list.retain(|(k, _)| k != name);
-        if let Some(v) = value {
-            list.push((name.clone(), v.clone()));
-        }
-    });
-    if let Some(v) = idempotency_key.and_then(|k| HeaderValue::from_str(k).ok()) {
-        let name = &route.redelivery.idempotency_header;
-        list.retain(|(k, _)| k != name);
-        list.push((name.clone(), v));
-    }
-    Outgoing {
-        headers: list,
-        body,
     }
 }
 

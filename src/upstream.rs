@@ -63,6 +63,31 @@ pub struct Outgoing {
     pub body: Bytes,
 }
 
+impl Outgoing {
+    /// The upstream request of `route`: the base headers (client headers after
+    /// hop-by-hop and secret removal, plus the forwarding headers), the route's
+    /// `remove`/`set` rules, and the idempotency key when given.
+    pub fn for_route(
+        route: &crate::config::Route,
+        mut headers: Vec<(HeaderName, HeaderValue)>,
+        body: Bytes,
+        idempotency_key: Option<&str>,
+    ) -> Outgoing {
+        crate::headers::apply_rules(&route.headers, |name, value| {
+            headers.retain(|(k, _)| k != name);
+            if let Some(v) = value {
+                headers.push((name.clone(), v.clone()));
+            }
+        });
+        if let Some(v) = idempotency_key.and_then(|k| HeaderValue::from_str(k).ok()) {
+            let name = &route.redelivery.idempotency_header;
+            headers.retain(|(k, _)| k != name);
+            headers.push((name.clone(), v));
+        }
+        Outgoing { headers, body }
+    }
+}
+
 /// One route's delivery target(s), built once at start.
 pub struct Destination {
     kind: Kind,

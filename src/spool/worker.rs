@@ -122,7 +122,7 @@ pub async fn run_route(
 /// The request for a spooled message: stored headers, the route's rules, the
 /// idempotency key.
 pub fn outgoing(route: &Route, meta: &record::Meta, body: Bytes) -> Outgoing {
-    let mut list: Vec<(HeaderName, HeaderValue)> = meta
+    let list: Vec<(HeaderName, HeaderValue)> = meta
         .headers
         .iter()
         .filter_map(|(k, v)| {
@@ -132,21 +132,7 @@ pub fn outgoing(route: &Route, meta: &record::Meta, body: Bytes) -> Outgoing {
             ))
         })
         .collect();
-    crate::headers::apply_rules(&route.headers, |name, value| {
-        list.retain(|(k, _)| k != name);
-        if let Some(v) = value {
-            list.push((name.clone(), v.clone()));
-        }
-    });
-    let idem = &route.redelivery.idempotency_header;
-    list.retain(|(k, _)| k != idem);
-    if let Ok(v) = HeaderValue::from_str(&meta.key) {
-        list.push((idem.clone(), v));
-    }
-    Outgoing {
-        headers: list,
-        body,
-    }
+    Outgoing::for_route(route, list, body, Some(&meta.key))
 }
 
 async fn attempt(spool: &Arc<Spool>, deliverer: &Deliverer, w: &RouteWorker, id: &Id) {
