@@ -10,13 +10,6 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The sample payload with its own call id, about `size` bytes.
-fn webhook_with_id(id: &str, size: usize) -> Vec<u8> {
-    let mut v: serde_json::Value = serde_json::from_slice(&payload(size)).unwrap();
-    v["call"]["id"] = id.into();
-    serde_json::to_vec(&v).unwrap()
-}
-
 fn prometheus_available() -> bool {
     tools_present(
         &[("prometheus", "--version"), ("promtool", "--version")],
@@ -320,7 +313,10 @@ fn real_prometheus_sees_every_dashboard_and_alert_expression() {
 
     // Spool: dead letters first, then fill the budget past 80 %.
     for i in 0..3 {
-        let r = gw.post("/webhooks/given_up", &webhook_with_id(&format!("g{i}"), 0));
+        let r = gw.post(
+            "/webhooks/given_up",
+            &payload_with_call_id(&format!("g{i}"), 0),
+        );
         assert_eq!(r.status, 202);
     }
     assert!(wait_until(Duration::from_secs(10), || gw
@@ -330,7 +326,7 @@ fn real_prometheus_sees_every_dashboard_and_alert_expression() {
     while gw
         .post(
             "/webhooks/spooled",
-            &webhook_with_id(&format!("f{filled}"), 200_000),
+            &payload_with_call_id(&format!("f{filled}"), 200_000),
         )
         .status
         == 202
@@ -338,7 +334,7 @@ fn real_prometheus_sees_every_dashboard_and_alert_expression() {
         filled += 1;
         assert!(filled < 10, "the spool never filled");
     }
-    let big = webhook_with_id("f0", 200_000);
+    let big = payload_with_call_id("f0", 200_000);
 
     // Slow requests first (they take ~5.6 s), in the background.
     let addr = gw.addr;
@@ -363,7 +359,7 @@ fn real_prometheus_sees_every_dashboard_and_alert_expression() {
         );
         assert_eq!(gw.post("/webhooks/dead", &payload(0)).status, 502);
         // The spool is full: refused, except a repeat of one already taken.
-        let r = gw.post("/webhooks/spooled", &webhook_with_id("late", 200_000));
+        let r = gw.post("/webhooks/spooled", &payload_with_call_id("late", 200_000));
         assert_eq!(r.status, 503);
         assert_eq!(gw.post("/webhooks/spooled", &big).status, 202);
         // A peer outside the allow list (127.0.0.2), dropped at accept.

@@ -69,11 +69,9 @@ backoff_max_ms = 200
     )
 }
 
-/// The sample payload with its own call id and a marker in the summary.
+/// The sample payload with its own call id.
 fn webhook(call_id: &str) -> Vec<u8> {
-    let mut v: serde_json::Value = serde_json::from_slice(&payload(0)).unwrap();
-    v["call"]["id"] = call_id.into();
-    serde_json::to_vec_pretty(&v).unwrap()
+    payload_with_call_id(call_id, 0)
 }
 
 /// What the upstream must receive for `sent`: the same document without the

@@ -559,6 +559,13 @@ pub fn payload(size: usize) -> Vec<u8> {
     out
 }
 
+/// [`payload`] of about `size` bytes with its own `call.id`, compact.
+pub fn payload_with_call_id(call_id: &str, size: usize) -> Vec<u8> {
+    let mut v: serde_json::Value = serde_json::from_slice(&payload(size)).unwrap();
+    v["call"]["id"] = call_id.into();
+    serde_json::to_vec(&v).unwrap()
+}
+
 // ---------------------------------------------------------------- gateway
 
 pub struct Gateway {
