@@ -145,21 +145,38 @@ pub async fn receive(s: &mut Stream, max_body: usize) -> Result<Response, Exchan
     let mut buf = BytesMut::with_capacity(8 * 1024);
     loop {
         // The head.
-        let (status, headers, head_len, version_11) = loop {
+        let (status, headers, version_11) = loop {
             let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
             let mut resp = httparse::Response::new(&mut slots);
             match resp.parse(&buf) {
                 Ok(httparse::Status::Complete(n)) => {
-                    let mut map = HeaderMap::with_capacity(resp.headers.len());
-                    for h in resp.headers.iter() {
-                        let name = HeaderName::from_bytes(h.name.as_bytes())
+                    // Header values become views of the head (no copy each):
+                    // note where they are, then take the head out of the buffer.
+                    let base = buf.as_ptr() as usize;
+                    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+                    let count = resp.headers.len();
+                    let at = |p: *const u8, len: usize| match (p as usize).checked_sub(base) {
+                        Some(o) if o + len <= n => (o, o + len),
+                        // An empty value may point anywhere: an empty view.
+                        _ => (0, 0),
+                    };
+                    for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
+                        let (ns, ne) = at(h.name.as_ptr(), h.name.len());
+                        let (vs, ve) = at(h.value.as_ptr(), h.value.len());
+                        *span = (ns, ne, vs, ve);
+                    }
+                    let status = resp.code.ok_or(ExchangeError::Garbage("no status"))?;
+                    let version_11 = resp.version == Some(1);
+                    let head = buf.split_to(n).freeze();
+                    let mut map = HeaderMap::with_capacity(count);
+                    for &(ns, ne, vs, ve) in spans.get(..count).unwrap_or_default() {
+                        let name = HeaderName::from_bytes(head.get(ns..ne).unwrap_or_default())
                             .map_err(|_| ExchangeError::Garbage("bad header name"))?;
-                        let value = HeaderValue::from_bytes(h.value)
+                        let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
                             .map_err(|_| ExchangeError::Garbage("bad header value"))?;
                         map.append(name, value);
                     }
-                    let status = resp.code.ok_or(ExchangeError::Garbage("no status"))?;
-                    break (status, map, n, resp.version == Some(1));
+                    break (status, map, version_11);
                 }
                 Ok(httparse::Status::Partial) => {
                     if buf.len() > MAX_HEAD {
@@ -172,7 +189,6 @@ pub async fn receive(s: &mut Stream, max_body: usize) -> Result<Response, Exchan
                 Err(_) => return Err(ExchangeError::Garbage("not an HTTP/1.x response")),
             }
         };
-        buf.advance(head_len);
         if (100..200).contains(&status) {
             if status == 101 {
                 return Err(ExchangeError::Garbage("unexpected protocol switch"));

@@ -376,6 +376,9 @@ fn forwarding_headers_path_and_answer() {
         status: 201,
         headers: vec![
             ("X-Upstream".into(), "yes".into()),
+            ("X-Empty".into(), "".into()),
+            ("X-Multi".into(), "a".into()),
+            ("X-Multi".into(), "b".into()),
             ("Connection".into(), "keep-alive".into()),
         ],
         body: b"{\"created\":1}".to_vec(),
@@ -407,6 +410,15 @@ remove = ["Cookie", "X-Drop-Me"]
     assert_eq!(r.status, 201);
     assert_eq!(r.body, b"{\"created\":1}");
     assert_eq!(r.header("x-upstream"), Some("yes"));
+    // Values are passed back as the upstream wrote them, empty and repeated ones too.
+    assert_eq!(r.header("x-empty"), Some(""));
+    let multi: Vec<&str> = r
+        .headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("x-multi"))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(multi, ["a", "b"]);
     let got = &up.requests()[0];
     assert_eq!(got.method, "POST");
     assert_eq!(got.path, "/internal/sipgate?k=v");
