@@ -13,7 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .nth(1)
         .unwrap_or_else(|| "conf/hookgate.toml".into());
     let cfg = config::load(path.as_ref())?;
-    hookgate::log::init(&cfg.log_level, false);
+    hookgate::log::init(&cfg.log_level, false, hookgate::log::LogOutput::direct());
 
     let mut my_server = Server::new(None)?;
     my_server.bootstrap();

@@ -182,14 +182,21 @@ fn run(path: &std::path::Path, fmt: Option<LogFormat>) -> ExitCode {
         Some(LogFormat::Text) => false,
         None => cfg.log_json,
     };
-    crate::log::init(&cfg.log_level, json);
-    match crate::server::run(&cfg) {
+    let out = if cfg.log_buffer_bytes > 0 {
+        crate::log::LogOutput::buffered(cfg.log_buffer_bytes, cfg.log_flush)
+    } else {
+        crate::log::LogOutput::direct()
+    };
+    crate::log::init(&cfg.log_level, json, out);
+    let code = match crate::server::run(&cfg) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
             ExitCode::FAILURE
         }
-    }
+    };
+    crate::log::flush();
+    code
 }
 
 fn check(path: &std::path::Path) -> ExitCode {

@@ -153,6 +153,7 @@ impl ShutdownSignalWatch for Signals {
                     std::thread::sleep(Duration::from_millis(20));
                     lc.wait_idle(rest);
                     tracing::info!(in_flight = lc.in_flight(), "drained; exiting");
+                    crate::log::flush();
                     std::process::exit(0);
                 });
                 ShutdownSignal::GracefulTerminate

@@ -71,6 +71,7 @@ pub fn build(
                 while !wanted.iter().all(|p| is_listening(*p)) {
                     if std::time::Instant::now() > end {
                         tracing::error!("listeners did not come up; exiting");
+                        crate::log::flush();
                         std::process::exit(1);
                     }
                     std::thread::sleep(std::time::Duration::from_millis(5));

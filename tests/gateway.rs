@@ -874,6 +874,67 @@ fn broken_upstream_responses_are_502() {
 }
 
 #[test]
+fn buffered_access_lines_wait_then_go_out_before_warnings_and_at_exit() {
+    let up = Upstream::start(ok_answer());
+    // Only access lines at info, so "draining" and "drained" are not logged and
+    // the exit path's own flush is what writes the last lines.
+    let dead = r#"
+[[route]]
+name = "dead"
+path = "/webhooks/dead"
+upstream = "http://127.0.0.1:1/in"
+validation = "off"
+timeout_ms = 1000
+"#;
+    let cfg = config_for(&upstream_cfg(&up, "/in"), dead, "").replace(
+        "[limits]",
+        "[log]\nlevel = \"warn,hookgate::access=info\"\nbuffer_bytes = 65536\nflush_ms = 60000\n\n[limits]",
+    );
+    let mut gw = Gateway::start(&cfg);
+    for _ in 0..3 {
+        assert_eq!(gw.post("/webhooks/crm", &payload(0)).status, 200);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        gw.log().matches("hookgate::access").count(),
+        0,
+        "access lines wait in the buffer: {}",
+        gw.log()
+    );
+    // A warning is written at once, after the access lines logged before it.
+    let r = gw.post("/webhooks/dead", &payload(0));
+    assert_eq!(r.status, 502);
+    let log = gw.log();
+    let warn_at = log
+        .find("upstream unavailable")
+        .expect("the warning is written at once");
+    assert_eq!(log.matches("hookgate::access").count(), 3, "{log}");
+    assert!(log.rfind("hookgate::access").unwrap() < warn_at, "{log}");
+    assert!(!log.contains("outcome=upstream_unavailable"), "{log}");
+    // The last line (the 502's) is written on the way out.
+    gw.signal("TERM");
+    assert!(gw.wait_exit(Duration::from_secs(10)).is_some());
+    let log = gw.log();
+    assert_eq!(log.matches("hookgate::access").count(), 4, "{log}");
+    assert!(log.contains("outcome=upstream_unavailable"), "{log}");
+
+    // With a short flush interval, a line is written without any other event.
+    let cfg = config_for(&upstream_cfg(&up, "/in"), "", "").replace(
+        "[limits]",
+        "[log]\nlevel = \"warn,hookgate::access=info\"\nbuffer_bytes = 65536\nflush_ms = 100\n\n[limits]",
+    );
+    let gw = Gateway::start(&cfg);
+    assert_eq!(gw.post("/webhooks/crm", &payload(0)).status, 200);
+    assert!(
+        wait_until(Duration::from_secs(2), || gw
+            .log()
+            .contains("outcome=forwarded")),
+        "{}",
+        gw.log()
+    );
+}
+
+#[test]
 fn log_level_from_config_and_rust_log() {
     let up = Upstream::start(ok_answer());
     // [log] level = "warn": no access lines.

@@ -12,6 +12,8 @@ Rows, each behind the same upstream (an nginx worker answering 200):
   hg-pass       hookgate, validation off, transcription kept, 1 worker thread
   hg-full       hookgate, enforce + strip, 1 worker thread
   hg-full-log   the same with its access log on (info level, to a file)
+  hg-full-logbuf  the same with the access log buffered ([log] buffer_bytes = 65536,
+                flush_ms = 1000: nginx's access_log ... buffer=64k flush=1s)
   hg-spool      hookgate, enforce + strip, delivery = "spool": each webhook fsync'd to
                 the spool before its 202, delivered in the background (2 KB, 64 KB)
 
@@ -165,6 +167,7 @@ allow = ["127.0.0.1/32"]
 max_body_bytes = 2097152
 [log]
 level = "{'info' if log else 'warn'}"
+{'buffer_bytes = 65536' if log == "buffered" else ''}
 {spool_top}
 [[route]]
 name = "crm"
@@ -263,7 +266,8 @@ def main():
             payloads[label] = path
 
         up_pids = b.nginx("upstream", b.up_port, 'location / { return 200 \'{"ok":true}\'; }')
-        ports = {name: free_port() for name in ("nginx", "node", "hg-pass", "hg-full", "hg-full-log", "hg-spool")}
+        ports = {name: free_port() for name in ("nginx", "node", "hg-pass", "hg-full", "hg-full-log",
+                                                 "hg-full-logbuf", "hg-spool")}
         pids = {
             "upstream": [],
             "nginx": b.nginx("proxy", ports["nginx"], """
@@ -277,6 +281,8 @@ def main():
             "hg-pass": b.hookgate("pass", ports["hg-pass"], "off", "keep", False),
             "hg-full": b.hookgate("full", ports["hg-full"], "enforce", "strip", False),
             "hg-full-log": b.hookgate("full-log", ports["hg-full-log"], "enforce", "strip", True),
+            "hg-full-logbuf": b.hookgate("full-logbuf", ports["hg-full-logbuf"], "enforce", "strip",
+                                         "buffered"),
             "hg-spool": b.hookgate("spool", ports["hg-spool"], "enforce", "strip", False, spool=True),
         }
         ports["upstream"] = b.up_port
@@ -294,7 +300,8 @@ def main():
                                        binary=binary, spool=True)
                 extra.append(row)
         idle_rss = {k: status_kib(v, "VmRSS") for k, v in pids.items() if k.startswith("hg")}
-        rows = ["upstream", "nginx", "node", "hg-pass", "hg-full", "hg-full-log", "hg-spool"] + extra
+        rows = ["upstream", "nginx", "node", "hg-pass", "hg-full", "hg-full-log", "hg-full-logbuf",
+                "hg-spool"] + extra
         if args.rows:
             keep = {r.strip() for r in args.rows.split(",")}
             rows = [r for r in rows if r in keep or r.split("@")[0] in keep]

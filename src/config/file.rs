@@ -187,6 +187,13 @@ pub struct LogSection {
     /// `text` or `json`; `--log-format` overrides it.
     #[serde(default = "default_log_format")]
     pub format: String,
+    /// Buffer access lines in memory up to this many bytes (0: write each
+    /// line at once), like nginx's `access_log ... buffer=`.
+    #[serde(default)]
+    pub buffer_bytes: u64,
+    /// Longest time a buffered access line waits before it is written.
+    #[serde(default = "default_log_flush_ms")]
+    pub flush_ms: u64,
 }
 
 impl Default for LogSection {
@@ -194,6 +201,8 @@ impl Default for LogSection {
         LogSection {
             level: default_log_level(),
             format: default_log_format(),
+            buffer_bytes: 0,
+            flush_ms: default_log_flush_ms(),
         }
     }
 }
@@ -329,6 +338,10 @@ fn default_delivery() -> String {
 fn default_log_level() -> String {
     "info".into()
 }
+fn default_log_flush_ms() -> u64 {
+    1000
+}
+
 fn default_log_format() -> String {
     "text".into()
 }
@@ -391,7 +404,7 @@ pub const REDELIVERY_KEYS: &[&str] = &[
     "idempotency_header",
 ];
 /// Keys of `[log]`.
-pub const LOG_KEYS: &[&str] = &["level", "format"];
+pub const LOG_KEYS: &[&str] = &["level", "format", "buffer_bytes", "flush_ms"];
 /// Keys of `[[route]]`.
 pub const ROUTE_KEYS: &[&str] = &[
     "name",

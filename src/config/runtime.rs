@@ -18,6 +18,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Largest access-log buffer (`[log] buffer_bytes`).
+const MAX_LOG_BUFFER: u64 = 16 << 20;
+
 /// Where `${NAME}` values come from; tests inject their own.
 pub trait Env {
     /// The variable's value, if set.
@@ -62,6 +65,10 @@ pub struct Config {
     pub log_level: String,
     /// Whether logs are JSON lines.
     pub log_json: bool,
+    /// Access-line buffer size in bytes (0: unbuffered).
+    pub log_buffer_bytes: usize,
+    /// Longest wait of a buffered access line.
+    pub log_flush: Duration,
 }
 
 /// `[server]`, validated.
@@ -687,6 +694,15 @@ impl Builder<'_> {
                 false
             }
         };
+        if fc.log.buffer_bytes > MAX_LOG_BUFFER {
+            self.err(
+                "log.buffer_bytes",
+                format!("must be at most {MAX_LOG_BUFFER} (16 MiB); 0 writes each line at once"),
+            );
+        }
+        if fc.log.flush_ms == 0 || fc.log.flush_ms > 60_000 {
+            self.err("log.flush_ms", "must be between 1 and 60000");
+        }
         if tracing_subscriber::EnvFilter::try_new(&fc.log.level).is_err() {
             self.err(
                 "log.level",
@@ -748,6 +764,8 @@ impl Builder<'_> {
             spool,
             log_level: fc.log.level.clone(),
             log_json,
+            log_buffer_bytes: fc.log.buffer_bytes.min(MAX_LOG_BUFFER) as usize,
+            log_flush: Duration::from_millis(fc.log.flush_ms.clamp(1, 60_000)),
         })
     }
 

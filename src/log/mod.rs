@@ -1,15 +1,20 @@
-//! Logging: the subscriber (text or JSON lines) and the access line.
+//! Logging: the subscriber (text or JSON lines), the access line, and where
+//! lines go ([`output`]).
 //!
 //! The access line carries time, request id, peer, client, route, outcome,
 //! status, bytes in/out, durations and `call.id`; never a phone number, a
 //! transcript, a summary, a header value or a body.
 
+pub mod output;
+
+pub use output::{flush, LogOutput};
+
 use std::net::IpAddr;
 use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 
-/// Install the global subscriber. `RUST_LOG` overrides `level`.
-pub fn init(level: &str, json: bool) {
+/// Install the global subscriber writing to `out`. `RUST_LOG` overrides `level`.
+pub fn init(level: &str, json: bool, out: LogOutput) {
     // pingora logs request summaries and buffers at debug level: keep it at warn
     // unless asked for explicitly through RUST_LOG.
     let directive = format!("{level},pingora_core=warn,pingora=warn,pingora_pool=warn");
@@ -18,7 +23,7 @@ pub fn init(level: &str, json: bool) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(out);
     let res = if json {
         builder
             .json()
@@ -63,14 +68,14 @@ pub struct AccessRecord<'a> {
 impl AccessRecord<'_> {
     /// Whether access lines are written at all (so callers can skip building one).
     pub fn enabled() -> bool {
-        tracing::enabled!(target: "hookgate::access", tracing::Level::INFO)
+        tracing::enabled!(target: output::ACCESS_TARGET, tracing::Level::INFO)
     }
 
     /// Write the line (target `hookgate::access`, level info).
     pub fn emit(&self) {
         let fmt_ip = |ip: Option<IpAddr>| ip.map_or_else(|| "-".to_string(), |i| i.to_string());
         tracing::info!(
-            target: "hookgate::access",
+            target: output::ACCESS_TARGET,
             request_id = %self.request_id,
             peer = %fmt_ip(self.peer),
             client = %fmt_ip(self.client),
