@@ -622,6 +622,11 @@ fn access_log_and_metrics_count_every_request_without_personal_data() {
     let log = gw.log();
     assert!(log.contains("outcome=forwarded"), "{log}");
     assert!(log.contains("outcome=route_not_found"), "{log}");
+    assert_eq!(
+        log.matches("peer=127.0.0.1 client=127.0.0.1 ").count(),
+        3,
+        "{log}"
+    );
     assert!(
         log.contains("call_id=\"123e4567-e89b-12d3-a456-426614174000\""),
         "{log}"

@@ -37,6 +37,18 @@ pub fn init(level: &str, json: bool, out: LogOutput) {
     drop(res);
 }
 
+/// An address, or `-` when there is none (formatted in place, no allocation).
+struct OrDash(Option<IpAddr>);
+
+impl std::fmt::Display for OrDash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(ip) => ip.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
+}
+
 /// One access-log line.
 pub struct AccessRecord<'a> {
     /// Process-unique id.
@@ -73,12 +85,11 @@ impl AccessRecord<'_> {
 
     /// Write the line (target `hookgate::access`, level info).
     pub fn emit(&self) {
-        let fmt_ip = |ip: Option<IpAddr>| ip.map_or_else(|| "-".to_string(), |i| i.to_string());
         tracing::info!(
             target: output::ACCESS_TARGET,
             request_id = %self.request_id,
-            peer = %fmt_ip(self.peer),
-            client = %fmt_ip(self.client),
+            peer = %OrDash(self.peer),
+            client = %OrDash(self.client),
             route = %self.route,
             outcome = %self.outcome,
             status = self.status,
