@@ -931,9 +931,24 @@ timeout_ms = 1000
     let gw = Gateway::start(&cfg);
     assert_eq!(gw.post("/webhooks/crm", &payload(0)).status, 200);
     assert!(
-        wait_until(Duration::from_secs(2), || gw
+        wait_until(Duration::from_secs(5), || gw
             .log()
             .contains("outcome=forwarded")),
+        "{}",
+        gw.log()
+    );
+
+    // SIGINT (stop at once) writes the buffered lines too.
+    let cfg = cfg.replace("flush_ms = 100", "flush_ms = 60000");
+    let mut gw = Gateway::start(&cfg);
+    assert_eq!(gw.post("/webhooks/crm", &payload(0)).status, 200);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!gw.log().contains("hookgate::access"), "{}", gw.log());
+    gw.signal("INT");
+    assert!(gw.wait_exit(Duration::from_secs(10)).is_some());
+    assert_eq!(
+        gw.log().matches("outcome=forwarded").count(),
+        1,
         "{}",
         gw.log()
     );

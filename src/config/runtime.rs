@@ -19,7 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Largest access-log buffer (`[log] buffer_bytes`).
-const MAX_LOG_BUFFER: u64 = 16 << 20;
+/// Writing it out holds every logging thread, so it stays small.
+const MAX_LOG_BUFFER: u64 = 1 << 20;
 
 /// Where `${NAME}` values come from; tests inject their own.
 pub trait Env {
@@ -697,11 +698,11 @@ impl Builder<'_> {
         if fc.log.buffer_bytes > MAX_LOG_BUFFER {
             self.err(
                 "log.buffer_bytes",
-                format!("must be at most {MAX_LOG_BUFFER} (16 MiB); 0 writes each line at once"),
+                format!("must be at most {MAX_LOG_BUFFER} (1 MiB); 0 writes each line at once"),
             );
         }
-        if fc.log.flush_ms == 0 || fc.log.flush_ms > 60_000 {
-            self.err("log.flush_ms", "must be between 1 and 60000");
+        if fc.log.flush_ms < 10 || fc.log.flush_ms > 60_000 {
+            self.err("log.flush_ms", "must be between 10 and 60000");
         }
         if tracing_subscriber::EnvFilter::try_new(&fc.log.level).is_err() {
             self.err(
@@ -765,7 +766,7 @@ impl Builder<'_> {
             log_level: fc.log.level.clone(),
             log_json,
             log_buffer_bytes: fc.log.buffer_bytes.min(MAX_LOG_BUFFER) as usize,
-            log_flush: Duration::from_millis(fc.log.flush_ms.clamp(1, 60_000)),
+            log_flush: Duration::from_millis(fc.log.flush_ms.clamp(10, 60_000)),
         })
     }
 
