@@ -188,12 +188,11 @@ pub struct LogSection {
     #[serde(default = "default_log_format")]
     pub format: String,
     /// Buffer access lines in memory up to this many bytes (0: write each
-    /// line at once), like nginx's `access_log ... buffer=`.
-    #[serde(default)]
-    pub buffer_bytes: u64,
-    /// Longest time a buffered access line waits before it is written.
-    #[serde(default = "default_log_flush_ms")]
-    pub flush_ms: u64,
+    /// line at once), like nginx's `access_log ... buffer=`. Unset with
+    /// `flush_ms` set: 65536, as in nginx.
+    pub buffer_bytes: Option<u64>,
+    /// Write buffered access lines at least this often (default 1000).
+    pub flush_ms: Option<u64>,
 }
 
 impl Default for LogSection {
@@ -201,8 +200,8 @@ impl Default for LogSection {
         LogSection {
             level: default_log_level(),
             format: default_log_format(),
-            buffer_bytes: 0,
-            flush_ms: default_log_flush_ms(),
+            buffer_bytes: None,
+            flush_ms: None,
         }
     }
 }
@@ -338,10 +337,6 @@ fn default_delivery() -> String {
 fn default_log_level() -> String {
     "info".into()
 }
-fn default_log_flush_ms() -> u64 {
-    1000
-}
-
 fn default_log_format() -> String {
     "text".into()
 }

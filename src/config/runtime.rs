@@ -695,13 +695,20 @@ impl Builder<'_> {
                 false
             }
         };
-        if fc.log.buffer_bytes > MAX_LOG_BUFFER {
+        // As nginx's `access_log ... flush=` alone: a 64 KiB buffer.
+        let log_buffer = match (fc.log.buffer_bytes, fc.log.flush_ms) {
+            (Some(b), _) => b,
+            (None, Some(_)) => 65_536,
+            (None, None) => 0,
+        };
+        let log_flush_ms = fc.log.flush_ms.unwrap_or(1000);
+        if log_buffer > MAX_LOG_BUFFER {
             self.err(
                 "log.buffer_bytes",
                 format!("must be at most {MAX_LOG_BUFFER} (1 MiB); 0 writes each line at once"),
             );
         }
-        if fc.log.flush_ms < 10 || fc.log.flush_ms > 60_000 {
+        if !(10..=60_000).contains(&log_flush_ms) {
             self.err("log.flush_ms", "must be between 10 and 60000");
         }
         if tracing_subscriber::EnvFilter::try_new(&fc.log.level).is_err() {
@@ -765,8 +772,8 @@ impl Builder<'_> {
             spool,
             log_level: fc.log.level.clone(),
             log_json,
-            log_buffer_bytes: fc.log.buffer_bytes.min(MAX_LOG_BUFFER) as usize,
-            log_flush: Duration::from_millis(fc.log.flush_ms.clamp(10, 60_000)),
+            log_buffer_bytes: log_buffer.min(MAX_LOG_BUFFER) as usize,
+            log_flush: Duration::from_millis(log_flush_ms.clamp(10, 60_000)),
         })
     }
 
@@ -1302,6 +1309,10 @@ mod tests {
         assert!(cfg.access.is_allowed("217.116.118.254".parse().unwrap()));
         assert!(!cfg.access.is_allowed("127.0.0.1".parse().unwrap()));
         assert_eq!(cfg.limits.max_body_bytes, 1_048_576);
+        assert_eq!(
+            cfg.log_buffer_bytes, 0,
+            "access lines unbuffered by default"
+        );
         let r = &cfg.routes[0];
         assert_eq!(r.timeout, Duration::from_millis(8000));
         match &r.upstream {
@@ -1311,6 +1322,37 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn access_log_buffer_settings() {
+        let load = |log: &str| {
+            load_str(
+                &format!("[log]\n{log}\n[[route]]\nname = \"crm\"\npath = \"/hook\"\nupstream = \"http://127.0.0.1:9/x\"\n"),
+                Path::new("/etc/hookgate/hookgate.toml"),
+                &env(),
+            )
+        };
+        let c = load("buffer_bytes = 32768").unwrap();
+        assert_eq!(
+            (c.log_buffer_bytes, c.log_flush),
+            (32768, Duration::from_secs(1))
+        );
+        // flush_ms alone: nginx's default buffer of 64 KiB.
+        let c = load("flush_ms = 250").unwrap();
+        assert_eq!(
+            (c.log_buffer_bytes, c.log_flush),
+            (65536, Duration::from_millis(250))
+        );
+        let c = load("buffer_bytes = 0\nflush_ms = 250").unwrap();
+        assert_eq!(c.log_buffer_bytes, 0);
+        let e = load("buffer_bytes = 2000000\nflush_ms = 5")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("log.buffer_bytes") && e.contains("log.flush_ms"),
+            "{e}"
+        );
     }
 
     #[test]
