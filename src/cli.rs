@@ -182,11 +182,7 @@ fn run(path: &std::path::Path, fmt: Option<LogFormat>) -> ExitCode {
         Some(LogFormat::Text) => false,
         None => cfg.log_json,
     };
-    let out = if cfg.log_buffer_bytes > 0 {
-        crate::log::LogOutput::buffered(cfg.log_buffer_bytes, cfg.log_flush)
-    } else {
-        crate::log::LogOutput::direct()
-    };
+    let out = crate::log::LogOutput::new(cfg.log_buffer_bytes, cfg.log_flush);
     crate::log::init(&cfg.log_level, json, out);
     let code = match crate::server::run(&cfg) {
         Ok(()) => ExitCode::SUCCESS,

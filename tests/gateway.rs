@@ -891,11 +891,13 @@ upstream = "http://127.0.0.1:1/in"
 validation = "off"
 timeout_ms = 1000
 "#;
-    let cfg = config_for(&upstream_cfg(&up, "/in"), dead, "").replace(
-        "[limits]",
-        "[log]\nlevel = \"warn,hookgate::access=info\"\nbuffer_bytes = 65536\nflush_ms = 60000\n\n[limits]",
-    );
-    let mut gw = Gateway::start(&cfg);
+    let config = |route: &str, flush_ms: u32| {
+        config_for(&upstream_cfg(&up, "/in"), route, "").replace(
+            "[limits]",
+            &format!("[log]\nlevel = \"warn,hookgate::access=info\"\nbuffer_bytes = 65536\nflush_ms = {flush_ms}\n\n[limits]"),
+        )
+    };
+    let mut gw = Gateway::start(&config(dead, 60_000));
     for _ in 0..3 {
         assert_eq!(gw.post("/webhooks/crm", &payload(0)).status, 200);
     }
@@ -924,11 +926,7 @@ timeout_ms = 1000
     assert!(log.contains("outcome=upstream_unavailable"), "{log}");
 
     // With a short flush interval, a line is written without any other event.
-    let cfg = config_for(&upstream_cfg(&up, "/in"), "", "").replace(
-        "[limits]",
-        "[log]\nlevel = \"warn,hookgate::access=info\"\nbuffer_bytes = 65536\nflush_ms = 100\n\n[limits]",
-    );
-    let gw = Gateway::start(&cfg);
+    let gw = Gateway::start(&config("", 100));
     assert_eq!(gw.post("/webhooks/crm", &payload(0)).status, 200);
     assert!(
         wait_until(Duration::from_secs(5), || gw
@@ -939,8 +937,7 @@ timeout_ms = 1000
     );
 
     // SIGINT (stop at once) writes the buffered lines too.
-    let cfg = cfg.replace("flush_ms = 100", "flush_ms = 60000");
-    let mut gw = Gateway::start(&cfg);
+    let mut gw = Gateway::start(&config("", 60_000));
     assert_eq!(gw.post("/webhooks/crm", &payload(0)).status, 200);
     std::thread::sleep(Duration::from_millis(200));
     assert!(!gw.log().contains("hookgate::access"), "{}", gw.log());

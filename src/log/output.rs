@@ -143,6 +143,16 @@ impl LogOutput {
         LogOutput { buffer: None }
     }
 
+    /// As configured: `bytes` 0 writes every line at once, more buffers
+    /// access lines ([`LogOutput::buffered`]).
+    pub fn new(bytes: usize, every: Duration) -> Self {
+        if bytes == 0 {
+            LogOutput::direct()
+        } else {
+            LogOutput::buffered(bytes, every)
+        }
+    }
+
     /// Access lines through a buffer of `bytes`, written at least every
     /// `flush` by a background thread. The buffer becomes the process's (the
     /// one [`flush`] writes out) unless one was installed before.
