@@ -111,8 +111,8 @@ enum Target {
 const KEYS_LINEAR: usize = 16;
 
 /// A member name on the key stack: raw span, whether it has escapes, and a
-/// fingerprint (length and first bytes) so most unequal names differ without
-/// comparing bytes.
+/// fingerprint (length and first bytes of the name, decoded when it has
+/// escapes) so most unequal names differ without comparing bytes.
 #[derive(Debug, Clone, Copy)]
 struct KeyRef {
     start: u32,
@@ -306,18 +306,23 @@ impl<'a> Scanner<'a> {
             );
         }
         let (raw, escaped) = self.string()?;
+        let decoded: Cow<'a, [u8]> = if escaped {
+            Cow::Owned(unescape(self.b.get(raw.clone()).unwrap_or_default()))
+        } else {
+            Cow::Borrowed(self.b.get(raw.clone()).unwrap_or_default())
+        };
+        let key: &[u8] = &decoded;
         let key_ref = KeyRef {
             start: raw.start as u32,
             end: raw.end as u32,
             escaped,
-            fp: fingerprint(self.b, raw.clone()),
+            // Of the decoded name when it has escapes: equal names, equal fingerprints.
+            fp: if escaped {
+                fingerprint(key, 0..key.len())
+            } else {
+                fingerprint(self.b, raw)
+            },
         };
-        let decoded: Cow<'a, [u8]> = if escaped {
-            Cow::Owned(unescape(self.b.get(raw.clone()).unwrap_or_default()))
-        } else {
-            Cow::Borrowed(self.b.get(raw).unwrap_or_default())
-        };
-        let key: &[u8] = &decoded;
         self.ws();
         if self.peek() != Some(b':') {
             return err(self.i, "expected :");
@@ -354,15 +359,11 @@ impl<'a> Scanner<'a> {
                 return err(key_start, "duplicate member name");
             }
         } else {
-            // Without escapes on either side, equal names have equal raw bytes
-            // and so equal fingerprints; an escaped name is compared decoded.
-            let dup = seen.iter().any(|k| {
-                if escaped || k.escaped {
-                    name_of(k).as_ref() == key
-                } else {
-                    k.fp == key_ref.fp && b.get(k.start as usize..k.end as usize) == Some(key)
-                }
-            });
+            // Equal names have equal fingerprints (escaped ones are taken after
+            // decoding), so the bytes are compared only when those match.
+            let dup = seen
+                .iter()
+                .any(|k| k.fp == key_ref.fp && name_of(k).as_ref() == key);
             if dup {
                 return err(key_start, "duplicate member name");
             }
@@ -912,6 +913,25 @@ mod tests {
         assert_eq!(bad(&big).what, "duplicate member name");
         // Same name in sibling objects is fine.
         assert!(scan(br#"[{"k":1},{"k":2}]"#).is_ok());
+        // Escapes on either side, or both, in short and long names: compared decoded.
+        for doc in [
+            r#"{"\u0061":1,"a":2}"#,
+            r#"{"\u0061":1,"\u0061":2}"#,
+            r#"{"\u0061":1,"\\u0061":0,"\u0061":2}"#,
+            r#"{"content\u0031":1,"content1":2}"#,
+            r#"{"startTime":1,"\u0073tartTime":2}"#,
+            r#"{"x\n":1,"x\u000a":2}"#,
+        ] {
+            assert_eq!(bad(doc).what, "duplicate member name", "{doc}");
+        }
+        for doc in [
+            r#"{"\u0061":1,"b":2}"#,
+            r#"{"\\u0061":1,"\u0061":2}"#,
+            r#"{"content\u0031":1,"content2":2}"#,
+            r#"{"x\n":1,"x\r":2}"#,
+        ] {
+            assert!(scan(doc.as_bytes()).is_ok(), "{doc}");
+        }
         // Names whose first word is read from the body and names too near its
         // end for that (the last member), short and long, equal or not.
         for name in ["a", "abcdefg", "abcdefgh", "abcdefghijklmnop"] {
