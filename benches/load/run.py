@@ -247,7 +247,8 @@ def main():
             args.binary = os.path.join(ROOT, "target", "debug", "hookgate")
     need("wrk", "wrk")
     need("nginx", "nginx-light")
-    need("node", "nodejs")
+    if not args.rows or "node" in {r.strip() for r in args.rows.split(",")}:
+        need("node", "nodejs")
     if not os.path.exists(args.binary):
         subprocess.run(["cargo", "build", "--release"], cwd=ROOT, check=True)
 
@@ -266,45 +267,42 @@ def main():
             payloads[label] = path
 
         up_pids = b.nginx("upstream", b.up_port, 'location / { return 200 \'{"ok":true}\'; }')
-        ports = {name: free_port() for name in ("nginx", "node", "hg-pass", "hg-full", "hg-full-log",
-                                                 "hg-full-logbuf", "hg-spool")}
-        pids = {
-            "upstream": [],
-            "nginx": b.nginx("proxy", ports["nginx"], """
+        servers = {
+            "nginx": lambda port: b.nginx("proxy", port, """
     location /webhooks/crm {
       allow 127.0.0.1; deny all;
       proxy_pass http://up/;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
     }"""),
-            "node": b.node(ports["node"]),
-            "hg-pass": b.hookgate("pass", ports["hg-pass"], "off", "keep", False),
-            "hg-full": b.hookgate("full", ports["hg-full"], "enforce", "strip", False),
-            "hg-full-log": b.hookgate("full-log", ports["hg-full-log"], "enforce", "strip", True),
-            "hg-full-logbuf": b.hookgate("full-logbuf", ports["hg-full-logbuf"], "enforce", "strip",
-                                         "buffered"),
-            "hg-spool": b.hookgate("spool", ports["hg-spool"], "enforce", "strip", False, spool=True),
+            "node": b.node,
+            "hg-pass": lambda port: b.hookgate("pass", port, "off", "keep", False),
+            "hg-full": lambda port: b.hookgate("full", port, "enforce", "strip", False),
+            "hg-full-log": lambda port: b.hookgate("full-log", port, "enforce", "strip", True),
+            "hg-full-logbuf": lambda port: b.hookgate("full-logbuf", port, "enforce", "strip",
+                                                      "buffered"),
+            "hg-spool": lambda port: b.hookgate("spool", port, "enforce", "strip", False, spool=True),
         }
-        ports["upstream"] = b.up_port
-        extra = []
         for spec in args.compare:
             name, binary = spec.split("=", 1)
-            row = "hg-full@" + name
-            ports[row] = free_port()
-            pids[row] = b.hookgate("cmp-" + name, ports[row], "enforce", "strip", False, binary=binary)
-            extra.append(row)
-            if not args.rows or "hg-spool" in args.rows:
-                row = "hg-spool@" + name
-                ports[row] = free_port()
-                pids[row] = b.hookgate("cmp-spool-" + name, ports[row], "enforce", "strip", False,
-                                       binary=binary, spool=True)
-                extra.append(row)
-        idle_rss = {k: status_kib(v, "VmRSS") for k, v in pids.items() if k.startswith("hg")}
-        rows = ["upstream", "nginx", "node", "hg-pass", "hg-full", "hg-full-log", "hg-full-logbuf",
-                "hg-spool"] + extra
+            servers["hg-full@" + name] = (
+                lambda port, name=name, binary=binary:
+                b.hookgate("cmp-" + name, port, "enforce", "strip", False, binary=binary))
+            servers["hg-spool@" + name] = (
+                lambda port, name=name, binary=binary:
+                b.hookgate("cmp-spool-" + name, port, "enforce", "strip", False, binary=binary,
+                           spool=True))
+        rows = ["upstream"] + list(servers)
         if args.rows:
             keep = {r.strip() for r in args.rows.split(",")}
             rows = [r for r in rows if r in keep or r.split("@")[0] in keep]
+        # Only the rows measured are started (a training run needs no node).
+        ports = {"upstream": b.up_port}
+        pids = {"upstream": []}
+        for name in rows[1:] if rows[:1] == ["upstream"] else rows:
+            ports[name] = free_port()
+            pids[name] = servers[name](ports[name])
+        idle_rss = {k: status_kib(v, "VmRSS") for k, v in pids.items() if k.startswith("hg")}
         results = {}
         for rep in range(args.repeats):
             for label in sizes:
