@@ -12,7 +12,8 @@
 //!   object's decoded names): the scan accepts no document with a repeated
 //!   name, and a document it refuses as "duplicate member name" has one.
 //!
-//! Run: `cargo fuzz run inspect fuzz/seeds -- -max_total_time=600`
+//! Run: `mkdir -p fuzz/corpus/inspect && cargo fuzz run inspect fuzz/corpus/inspect fuzz/seeds -- -max_total_time=600`
+//! (new inputs go to the ignored `fuzz/corpus/inspect`; `fuzz/seeds` is only read)
 #![no_main]
 
 use hookgate::inspect::{Inspector, Transcription, Validation};
