@@ -266,7 +266,7 @@ def main():
             subprocess.run([sys.executable, os.path.join(HERE, "payload.py"), str(size), path], check=True)
             payloads[label] = path
 
-        up_pids = b.nginx("upstream", b.up_port, 'location / { return 200 \'{"ok":true}\'; }')
+        b.nginx("upstream", b.up_port, 'location / { return 200 \'{"ok":true}\'; }')
         servers = {
             "nginx": lambda port: b.nginx("proxy", port, """
     location /webhooks/crm {
@@ -299,9 +299,10 @@ def main():
         # Only the rows measured are started (a training run needs no node).
         ports = {"upstream": b.up_port}
         pids = {"upstream": []}
-        for name in rows[1:] if rows[:1] == ["upstream"] else rows:
-            ports[name] = free_port()
-            pids[name] = servers[name](ports[name])
+        for name in rows:
+            if name in servers:
+                ports[name] = free_port()
+                pids[name] = servers[name](ports[name])
         idle_rss = {k: status_kib(v, "VmRSS") for k, v in pids.items() if k.startswith("hg")}
         results = {}
         for rep in range(args.repeats):
