@@ -156,6 +156,8 @@ struct Scanner<'a> {
     keys: Vec<KeyRef>,
     /// The member name of the value about to be read (objects).
     pending_key: KeyRef,
+    /// Its span for the tape: in the body, or decoded in the tape's name buffer.
+    pending_tape_key: (u32, u32),
     /// Start of the value that just ended.
     last_value_start: usize,
     /// Place of the value after the member name just read.
@@ -200,6 +202,7 @@ pub fn scan_with(body: &[u8], tape: bool) -> Result<Scan<'_>, ParseError> {
             escaped: false,
             fp: 0,
         },
+        pending_tape_key: (0, 0),
         last_value_start: 0,
         pending_child_place: Place::Other,
     };
@@ -208,12 +211,15 @@ pub fn scan_with(body: &[u8], tape: bool) -> Result<Scan<'_>, ParseError> {
 }
 
 impl<'a> Scanner<'a> {
+    #[inline]
     fn ws(&mut self) {
-        while let Some(&c) = self.b.get(self.i) {
-            if matches!(c, b' ' | b'\t' | b'\n' | b'\r') {
-                self.i += 1;
-            } else {
-                break;
+        while let Some(&c @ (b' ' | b'\t' | b'\n' | b'\r')) = self.b.get(self.i) {
+            self.i += 1;
+            if c == b'\n' {
+                // Indentation of pretty-printed documents: eight spaces at a time.
+                while self.b.get(self.i..self.i + 8) == Some(b"        ") {
+                    self.i += 8;
+                }
             }
         }
     }
@@ -361,9 +367,11 @@ impl<'a> Scanner<'a> {
         } else {
             // Equal names have equal fingerprints (escaped ones are taken after
             // decoding), so the bytes are compared only when those match.
-            let dup = seen
-                .iter()
-                .any(|k| k.fp == key_ref.fp && name_of(k).as_ref() == key);
+            let fp = key_ref.fp;
+            let dup = seen.iter().any(|k| k.fp == fp)
+                && seen
+                    .iter()
+                    .any(|k| k.fp == fp && name_of(k).as_ref() == key);
             if dup {
                 return err(key_start, "duplicate member name");
             }
@@ -378,6 +386,11 @@ impl<'a> Scanner<'a> {
             self.keys.push(key_ref);
         }
         self.pending_key = key_ref;
+        self.pending_tape_key = if escaped {
+            self.out.tape.add_name(key)
+        } else {
+            (key_ref.start, key_ref.end)
+        };
         // The first member's span is only known when the next key or the end is seen.
         if let Some((t, start, value)) = top.pending_first.take() {
             let span = MemberSpan {
@@ -403,6 +416,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// A value ended at self.i: finish the member bookkeeping of the container.
+    #[inline]
     fn after_value(&mut self) {
         let end = self.i;
         let Some(top) = self.stack.last_mut() else {
@@ -414,11 +428,18 @@ impl<'a> Scanner<'a> {
         let Some((target, key_start)) = top.member.take() else {
             return;
         };
-        let value_start = self.last_value_start;
         let prev = top.prev_value_end.replace(end);
-        if target == Target::None {
-            return;
+        if target != Target::None {
+            self.target_value_end(target, key_start, prev);
         }
+    }
+
+    /// A member hookgate records (`call.id`, the transcript, its texts) ended at
+    /// self.i; `prev` is where the previous member's value ended, if any.
+    #[inline(never)]
+    fn target_value_end(&mut self, target: Target, key_start: usize, prev: Option<usize>) {
+        let end = self.i;
+        let value_start = self.last_value_start;
         if target == Target::CallId {
             if self.b.get(value_start) == Some(&b'"') {
                 self.out.call_id = Some(value_start + 1..end - 1);
@@ -478,15 +499,10 @@ impl<'a> Scanner<'a> {
                 }
                 None => false,
             };
-            let key = if in_object {
-                self.pending_key
+            let (key_escaped, key) = if in_object {
+                (self.pending_key.escaped, self.pending_tape_key)
             } else {
-                KeyRef {
-                    start: 0,
-                    end: 0,
-                    escaped: false,
-                    fp: 0,
-                }
+                (false, (0, 0))
             };
             let start = self.i as u32;
             let (kind, val, str_escaped) = match self.peek() {
@@ -522,9 +538,9 @@ impl<'a> Scanner<'a> {
             let idx = self.out.tape.next_index();
             self.out.tape.push(Entry {
                 kind,
-                key_escaped: key.escaped,
+                key_escaped,
                 str_escaped,
-                key: (key.start, key.end),
+                key,
                 val,
                 end: idx + 1,
                 len: 0,
@@ -647,6 +663,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// A string at self.i; returns the raw content range and whether it has escapes.
+    #[inline]
     fn string(&mut self) -> Result<(Range<usize>, bool), ParseError> {
         let start = self.i + 1; // after the opening quote
         let mut at = start;

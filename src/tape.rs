@@ -39,11 +39,13 @@ pub enum Kind {
 pub struct Entry {
     /// What it is.
     pub kind: Kind,
-    /// The member name holds escapes (compare after unescaping).
+    /// The member name held escapes: `key` then spans its decoded form in the
+    /// tape's own name buffer instead of the body.
     pub key_escaped: bool,
     /// The string value holds escapes.
     pub str_escaped: bool,
-    /// Raw member name (without quotes) when the value is an object member.
+    /// The member name (without quotes) when the value is an object member:
+    /// in the body, or decoded in the tape's name buffer (`key_escaped`).
     pub key: (u32, u32),
     /// Raw value span (string content without quotes; number text).
     pub val: (u32, u32),
@@ -59,6 +61,9 @@ pub struct Tape<'s> {
     /// The whole body, proven UTF-8 once by the scanner: slicing it is O(1).
     src: &'s str,
     entries: Vec<Entry>,
+    /// Member names that held escapes, decoded, end to end: every name is then
+    /// a plain `&str` for the validator, without a copy per lookup.
+    names: String,
     /// Whether entries are kept (only needed for schema validation).
     recording: bool,
     /// Entries seen, kept or not.
@@ -71,6 +76,7 @@ impl<'s> Tape<'s> {
         Tape {
             src,
             entries: Vec::with_capacity(cap),
+            names: String::new(),
             recording: true,
             seen: 0,
         }
@@ -81,6 +87,7 @@ impl<'s> Tape<'s> {
         Tape {
             src,
             entries: Vec::new(),
+            names: String::new(),
             recording: false,
             seen: 0,
         }
@@ -94,6 +101,29 @@ impl<'s> Tape<'s> {
     /// The entries.
     pub fn entries(&self) -> &[Entry] {
         &self.entries
+    }
+
+    /// Keep the decoded form of a member name that held escapes; returns its
+    /// span in the name buffer, for `Entry::key`.
+    pub(crate) fn add_name(&mut self, decoded: &[u8]) -> (u32, u32) {
+        if !self.recording {
+            return (0, 0);
+        }
+        let start = self.names.len() as u32;
+        self.names.push_str(&String::from_utf8_lossy(decoded));
+        (start, self.names.len() as u32)
+    }
+
+    /// The member name of entry `e` (empty for array elements and the root).
+    #[inline]
+    pub fn key_name(&self, e: &Entry) -> &str {
+        let (from, to) = (e.key.0 as usize, e.key.1 as usize);
+        let text = if e.key_escaped {
+            self.names.as_str()
+        } else {
+            self.src
+        };
+        text.get(from..to).unwrap_or_default()
     }
 
     /// Append an entry; returns its index.
@@ -121,10 +151,12 @@ impl<'s> Tape<'s> {
         (!self.entries.is_empty()).then_some(TapeNode::At { tape: self, idx: 0 })
     }
 
+    #[inline]
     fn entry(&self, idx: u32) -> Option<&Entry> {
         self.entries.get(idx as usize)
     }
 
+    #[inline]
     fn bytes(&self, span: (u32, u32)) -> &'s [u8] {
         self.src
             .as_bytes()
@@ -132,6 +164,7 @@ impl<'s> Tape<'s> {
             .unwrap_or_default()
     }
 
+    #[inline]
     fn text(&self, span: (u32, u32), escaped: bool) -> Cow<'s, str> {
         if escaped {
             Cow::Owned(String::from_utf8_lossy(&unescape(self.bytes(span))).into_owned())
@@ -193,6 +226,7 @@ pub struct Children<'a> {
 
 impl<'a> Iterator for Children<'a> {
     type Item = (&'a Entry, u32);
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         if self.next >= self.end {
             return None;
@@ -204,6 +238,7 @@ impl<'a> Iterator for Children<'a> {
     }
 }
 
+#[inline]
 fn children<'a>(tape: &'a Tape<'a>, idx: u32) -> Children<'a> {
     let end = tape.entry(idx).map_or(idx, |e| e.end);
     Children {
@@ -264,10 +299,7 @@ fn to_value(tape: &Tape<'_>, idx: u32) -> Value {
         Kind::Object => {
             let mut m = Map::new();
             for (c, i) in children(tape, idx) {
-                m.insert(
-                    tape.text(c.key, c.key_escaped).into_owned(),
-                    to_value(tape, i),
-                );
+                m.insert(tape.key_name(c).to_string(), to_value(tape, i));
             }
             Value::Object(m)
         }
@@ -279,16 +311,19 @@ impl<'a> Node<'a, TapeJson> for TapeNode<'a> {
     type Array = TapeArray<'a>;
     type Number = TapeNumber<'a>;
 
+    #[inline]
     fn as_object(&self) -> Option<TapeObject<'a>> {
         let (tape, e, idx) = self.entry()?;
         (e.kind == Kind::Object).then_some(TapeObject { tape, idx })
     }
 
+    #[inline]
     fn as_array(&self) -> Option<TapeArray<'a>> {
         let (tape, e, idx) = self.entry()?;
         (e.kind == Kind::Array).then_some(TapeArray { tape, idx })
     }
 
+    #[inline]
     fn as_string(&self) -> Option<Cow<'a, str>> {
         match *self {
             TapeNode::Str(s) => Some(Cow::Borrowed(s)),
@@ -299,6 +334,7 @@ impl<'a> Node<'a, TapeJson> for TapeNode<'a> {
         }
     }
 
+    #[inline]
     fn as_number(&self) -> Option<TapeNumber<'a>> {
         let (tape, e, _) = self.entry()?;
         if e.kind != Kind::Number {
@@ -309,6 +345,7 @@ impl<'a> Node<'a, TapeJson> for TapeNode<'a> {
             .map(TapeNumber)
     }
 
+    #[inline]
     fn as_boolean(&self) -> Option<bool> {
         match self.entry()?.1.kind {
             Kind::True => Some(true),
@@ -317,10 +354,12 @@ impl<'a> Node<'a, TapeJson> for TapeNode<'a> {
         }
     }
 
+    #[inline]
     fn is_null(&self) -> bool {
         self.entry().is_some_and(|(_, e, _)| e.kind == Kind::Null)
     }
 
+    #[inline]
     fn json_type(&self) -> JsonType {
         match self.entry() {
             None => JsonType::String,
@@ -367,27 +406,24 @@ impl<'a> Node<'a, TapeJson> for TapeNode<'a> {
 
 impl<'a> Object<'a, TapeJson> for TapeObject<'a> {
     type Node = TapeNode<'a>;
-    type MemberName = Cow<'a, str>;
+    type MemberName = &'a str;
     type MembersIter = Members<'a>;
 
+    #[inline]
     fn len(&self) -> usize {
         self.tape.entry(self.idx).map_or(0, |e| e.len as usize)
     }
 
+    #[inline]
     fn get(&self, key: &Box<str>) -> Option<TapeNode<'a>> {
         let want = key.as_bytes();
         let tape = self.tape;
         children(tape, self.idx)
-            .find(|(c, _)| {
-                if c.key_escaped {
-                    unescape(tape.bytes(c.key)) == want
-                } else {
-                    tape.bytes(c.key) == want
-                }
-            })
+            .find(|(c, _)| tape.key_name(c).as_bytes() == want)
             .map(|(_, idx)| TapeNode::At { tape, idx })
     }
 
+    #[inline]
     fn members(&self) -> Self::MembersIter {
         Members(children(self.tape, self.idx))
     }
@@ -397,10 +433,12 @@ impl<'a> Array<'a, TapeJson> for TapeArray<'a> {
     type Node = TapeNode<'a>;
     type ElementsIter = Elements<'a>;
 
+    #[inline]
     fn len(&self) -> usize {
         self.tape.entry(self.idx).map_or(0, |e| e.len as usize)
     }
 
+    #[inline]
     fn elements(&self) -> Self::ElementsIter {
         Elements(children(self.tape, self.idx))
     }
@@ -410,12 +448,13 @@ impl<'a> Array<'a, TapeJson> for TapeArray<'a> {
 pub struct Members<'a>(Children<'a>);
 
 impl<'a> Iterator for Members<'a> {
-    type Item = (Cow<'a, str>, TapeNode<'a>);
+    type Item = (&'a str, TapeNode<'a>);
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         let tape = self.0.tape;
         self.0
             .next()
-            .map(|(c, idx)| (tape.text(c.key, c.key_escaped), TapeNode::At { tape, idx }))
+            .map(|(c, idx)| (tape.key_name(c), TapeNode::At { tape, idx }))
     }
 }
 
@@ -424,6 +463,7 @@ pub struct Elements<'a>(Children<'a>);
 
 impl<'a> Iterator for Elements<'a> {
     type Item = TapeNode<'a>;
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         let tape = self.0.tape;
         self.0.next().map(|(_, idx)| TapeNode::At { tape, idx })
@@ -432,21 +472,27 @@ impl<'a> Iterator for Elements<'a> {
 
 impl JsonNumber for TapeNumber<'_> {
     fn as_u64(&self) -> Option<u64> {
-        self.0.parse().ok()
+        // Every schema bound on a number asks for this first; epoch-millisecond
+        // timestamps are most of a transcript's numbers.
+        plain_u64(self.0).or_else(|| self.0.parse().ok())
     }
+    #[inline]
     fn as_i64(&self) -> Option<i64> {
         self.0.parse().ok()
     }
+    #[inline]
     fn as_f64(&self) -> Option<f64> {
         self.0.parse().ok()
     }
+    #[inline]
     fn as_str(&self) -> Cow<'_, str> {
         Cow::Borrowed(self.0)
     }
+    #[inline]
     fn is_integer(&self) -> bool {
         // No fraction or exponent: an integer however long; otherwise one whose
         // value has no fractional part (1.0 and 1e3 are integers in JSON Schema).
-        if !self.0.contains(['.', 'e', 'E']) {
+        if !self.0.bytes().any(|c| matches!(c, b'.' | b'e' | b'E')) {
             return true;
         }
         self.0
@@ -455,5 +501,78 @@ impl JsonNumber for TapeNumber<'_> {
     }
     fn to_number(&self) -> Cow<'_, serde_json::Number> {
         Cow::Owned(serde_json::from_str(self.0).unwrap_or_else(|_| serde_json::Number::from(0)))
+    }
+}
+
+/// `text` as a `u64` when it is at most 19 plain digits (always in range), the
+/// common case, without `str::parse`'s per-digit overflow checks; `None` for
+/// anything else (the caller falls back to `parse`). Eight digits at a time:
+/// a 13-digit epoch-millisecond timestamp is one word and five bytes.
+#[inline]
+fn plain_u64(text: &str) -> Option<u64> {
+    let b = text.as_bytes();
+    if b.is_empty() || b.len() > 19 {
+        return None;
+    }
+    let mut v = 0u64;
+    let mut rest = b;
+    while let Some((head, tail)) = rest.split_first_chunk::<8>() {
+        let w = u64::from_le_bytes(*head);
+        // Every byte a digit: high nibble 3, low nibble at most 9.
+        let high = (w & 0xF0F0_F0F0_F0F0_F0F0) ^ 0x3030_3030_3030_3030;
+        let low =
+            (w & 0x0F0F_0F0F_0F0F_0F0F).wrapping_add(0x0606_0606_0606_0606) & 0xF0F0_F0F0_F0F0_F0F0;
+        if high | low != 0 {
+            return None;
+        }
+        // Pairs, then quads, then the eight digits (the first is the lowest byte).
+        let d = w - 0x3030_3030_3030_3030;
+        let d = (d * 10 + (d >> 8)) & 0x00FF_00FF_00FF_00FF;
+        let d = (d * 100 + (d >> 16)) & 0x0000_FFFF_0000_FFFF;
+        let d = (d * 10_000 + (d >> 32)) & 0xFFFF_FFFF;
+        v = v * 100_000_000 + d;
+        rest = tail;
+    }
+    for &c in rest {
+        let d = c.wrapping_sub(b'0');
+        if d > 9 {
+            return None;
+        }
+        v = v * 10 + u64::from(d);
+    }
+    Some(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plain_u64;
+
+    #[test]
+    fn plain_u64_agrees_with_parse() {
+        for t in [
+            "0",
+            "7",
+            "12345678",
+            "123456789",
+            "1703862000000",
+            "9999999999999999999",
+            "18446744073709551615",
+            "00000000",
+            "1234567a",
+            "12345678a",
+            "1.5",
+            "-1",
+            "1e3",
+            "",
+            "/0123456",
+            ":0123456",
+        ] {
+            let want = if t.len() <= 19 {
+                t.parse::<u64>().ok()
+            } else {
+                None
+            };
+            assert_eq!(plain_u64(t), want, "{t}");
+        }
     }
 }
