@@ -319,6 +319,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// Read `"key" :` in an object, check duplicates, decide the target.
+    #[inline(always)]
     fn member_key(&mut self) -> Result<(), Fail> {
         let key_start = self.i;
         if self.peek() != Some(b'"') {
