@@ -692,32 +692,34 @@ impl<'a> Scanner<'a> {
     #[inline(always)]
     fn string(&mut self) -> Result<(Range<usize>, bool), Fail> {
         let start = self.i + 1; // after the opening quote
-        for at in [start, start + 8] {
+        let mut at = start;
+        for _ in 0..2 {
             let Some(w) = self.b.get(at..at + 8) else {
                 break;
             };
             let hit = special_bytes(u64::from_le_bytes(w.try_into().unwrap_or([0; 8])));
             if hit == 0 {
+                at += 8;
                 continue;
             }
-            let end = at + (hit.trailing_zeros() / 8) as usize;
-            if self.b.get(end) == Some(&b'"') {
-                self.i = end + 1;
-                return Ok((start..end, false));
+            at += (hit.trailing_zeros() / 8) as usize;
+            if self.b.get(at) == Some(&b'"') {
+                self.i = at + 1;
+                return Ok((start..at, false));
             }
             break;
         }
-        self.long_string()
+        self.long_string(start, at)
     }
 
-    /// `string` for strings that are long or hold escapes or control characters.
+    /// `string` for strings that are long or hold escapes or control
+    /// characters: `start` is the content's first byte, and the bytes before
+    /// `at` hold no quote, backslash or control character.
     #[inline(never)]
-    fn long_string(&mut self) -> Result<(Range<usize>, bool), Fail> {
-        let start = self.i + 1; // after the opening quote
-        let mut at = start;
+    fn long_string(&mut self, start: usize, at: usize) -> Result<(Range<usize>, bool), Fail> {
+        let mut at = at;
         let mut escaped = false;
-        // Most strings (member names, enum values) are short: look at them 8
-        // bytes at a time first, without a call.
+        // Up to 32 more bytes a word at a time, then the SIMD search.
         let mut words = 0;
         while words < 4 {
             let Some(w) = self.b.get(at..at + 8) else {
