@@ -81,11 +81,10 @@ struct Frame {
     place: Place,
     /// Where this object's member names start on the scanner's key stack.
     keys_from: usize,
-    /// Member names as a set, once the object has many. Boxed: a frame is moved
-    /// on every push and pop, and most never need a set (callgrind, 64 KB
-    /// payload: 997k -> 971k instructions per scan).
-    #[allow(clippy::box_collection)]
-    key_set: Option<Box<HashSet<Vec<u8>>>>,
+    /// This object's member names went into a set (`Scanner::key_sets`, last),
+    /// once it had many. Kept out of the frame so that a frame has no drop code:
+    /// popping one was a call per container.
+    has_set: bool,
     /// This container's entry on the tape.
     tape_idx: u32,
     /// Children so far.
@@ -154,6 +153,8 @@ struct Scanner<'a> {
     out: Scan<'a>,
     /// Member names of every open object, innermost last.
     keys: Vec<KeyRef>,
+    /// Member names of the open objects that have many, innermost last.
+    key_sets: Vec<HashSet<Vec<u8>>>,
     /// The member name of the value about to be read (objects).
     pending_key: KeyRef,
     /// Its span for the tape: in the body, or decoded in the tape's name buffer.
@@ -202,6 +203,7 @@ pub fn scan_with(body: &[u8], tape: bool) -> Result<Scan<'_>, ParseError> {
             ..Scan::default()
         },
         keys: Vec::with_capacity(64),
+        key_sets: Vec::new(),
         pending_key: KeyRef {
             start: 0,
             end: 0,
@@ -248,53 +250,64 @@ impl<'a> Scanner<'a> {
         self.b.get(self.i).copied()
     }
 
+    /// The whole document in one loop, without recursion and without a call
+    /// per value: read a value (a container pushes its frame and goes on with
+    /// its first value), then close containers or go on after a comma.
+    /// (callgrind, 64 KB payload: a call per value cost about 30 instructions
+    /// of saved registers and reloaded state.)
     fn run(&mut self) -> Result<(), Fail> {
         self.ws();
         if self.i >= self.b.len() {
             return self.fail(self.i, "empty document");
         }
-        self.value(Place::Root)?;
-        loop {
+        let mut place = Place::Root;
+        'values: loop {
+            if self.value(place)? {
+                place = self.child_place();
+                continue 'values;
+            }
             // After a value: close containers or continue them.
-            self.ws();
-            let Some(top) = self.stack.last() else {
-                break;
-            };
-            let is_object = top.is_object;
-            match self.peek() {
-                Some(b',') => {
-                    self.i += 1;
-                    self.ws();
-                    if is_object {
-                        self.member_key()?;
-                    }
-                    let place = self.child_place();
-                    self.value(place)?;
-                }
-                Some(b'}') if is_object => {
-                    self.i += 1;
-                    self.close_object();
-                    self.after_value();
-                }
-                Some(b']') if !is_object => {
-                    self.i += 1;
-                    if let Some(f) = self.stack.pop() {
-                        self.last_value_start = f.start;
-                        self.out.tape.close(f.tape_idx, f.count, self.i as u32);
-                    }
-                    self.after_value();
-                }
-                Some(_) => {
-                    return self.fail(
-                        self.i,
+            loop {
+                self.ws();
+                let Some(top) = self.stack.last() else {
+                    break 'values;
+                };
+                let is_object = top.is_object;
+                match self.peek() {
+                    Some(b',') => {
+                        self.i += 1;
+                        self.ws();
                         if is_object {
-                            "expected , or }"
-                        } else {
-                            "expected , or ]"
-                        },
-                    )
+                            self.member_key()?;
+                        }
+                        place = self.child_place();
+                        continue 'values;
+                    }
+                    Some(b'}') if is_object => {
+                        self.i += 1;
+                        self.close_object();
+                        self.after_value();
+                    }
+                    Some(b']') if !is_object => {
+                        self.i += 1;
+                        if let Some(f) = self.stack.pop() {
+                            self.last_value_start = f.start;
+                            self.out.tape.close(f.tape_idx, f.count, self.i as u32);
+                        }
+                        self.after_value();
+                    }
+                    Some(_) => {
+                        return self.fail(
+                            self.i,
+                            if is_object {
+                                "expected , or }"
+                            } else {
+                                "expected , or ]"
+                            },
+                        )
+                    }
+                    None => return self.fail(self.i, "unexpected end of document"),
                 }
-                None => return self.fail(self.i, "unexpected end of document"),
             }
         }
         if self.i != self.b.len() {
@@ -381,30 +394,33 @@ impl<'a> Scanner<'a> {
             }
         };
         let seen = self.keys.get(top.keys_from..).unwrap_or_default();
-        if let Some(set) = top.key_set.as_mut() {
-            if !set.insert(key.to_vec()) {
+        if top.has_set {
+            let fresh = match self.key_sets.last_mut() {
+                Some(set) => set.insert(key.to_vec()),
+                None => return self.fail(key_start, "internal"),
+            };
+            if !fresh {
                 return self.fail(key_start, "duplicate member name");
             }
         } else {
             // Equal names have equal fingerprints (escaped ones are taken after
             // decoding), so the bytes are compared only when those match.
             let fp = key_ref.fp;
-            let dup = seen.iter().any(|k| k.fp == fp)
-                && seen
-                    .iter()
-                    .any(|k| k.fp == fp && name_of(k).as_ref() == key);
-            if dup {
+            if seen
+                .iter()
+                .any(|k| k.fp == fp && name_of(k).as_ref() == key)
+            {
                 return self.fail(key_start, "duplicate member name");
             }
             if seen.len() >= KEYS_LINEAR {
                 let mut set: HashSet<Vec<u8>> =
                     seen.iter().map(|k| name_of(k).into_owned()).collect();
                 set.insert(key.to_vec());
-                top.key_set = Some(Box::new(set));
+                self.key_sets.push(set);
+                top.has_set = true;
+            } else {
+                self.keys.push(key_ref);
             }
-        }
-        if top.key_set.is_none() {
-            self.keys.push(key_ref);
         }
         self.pending_key = key_ref;
         self.pending_tape_key = if escaped {
@@ -490,6 +506,9 @@ impl<'a> Scanner<'a> {
         if let Some(mut top) = self.stack.pop() {
             self.last_value_start = top.start;
             self.keys.truncate(top.keys_from);
+            if top.has_set {
+                self.key_sets.pop();
+            }
             self.out.tape.close(top.tape_idx, top.count, self.i as u32);
             if let Some((t, start, value)) = top.pending_first.take() {
                 // The only member: remove it alone (whitespace before `}` stays).
@@ -505,106 +524,104 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// One value at self.i (after whitespace), appended to the tape. A container
-    /// pushes its frame and goes on with its first value in this loop (no
-    /// recursion); the rest of its members are read by `run`.
-    fn value(&mut self, place: Place) -> Result<(), Fail> {
-        let mut place = place;
-        loop {
-            self.last_value_start = self.i;
-            // The member name this value belongs to (none in arrays and at the root).
-            let in_object = match self.stack.last_mut() {
-                Some(top) => {
-                    top.count += 1;
-                    top.is_object
-                }
-                None => false,
-            };
-            let (key_escaped, key) = if in_object {
-                (self.pending_key.escaped, self.pending_tape_key)
-            } else {
-                (false, (0, 0))
-            };
-            let start = self.i as u32;
-            let (kind, val, str_escaped) = match self.peek() {
-                Some(b'{') => (Kind::Object, (start, start), false),
-                Some(b'[') => (Kind::Array, (start, start), false),
-                Some(b'"') => {
-                    let (r, escaped) = self.string()?;
-                    (Kind::String, (r.start as u32, r.end as u32), escaped)
-                }
-                Some(b't') => {
-                    self.literal(b"true")?;
-                    (Kind::True, (start, self.i as u32), false)
-                }
-                Some(b'f') => {
-                    self.literal(b"false")?;
-                    (Kind::False, (start, self.i as u32), false)
-                }
-                Some(b'n') => {
-                    self.literal(b"null")?;
-                    (Kind::Null, (start, self.i as u32), false)
-                }
-                Some(b'-' | b'0'..=b'9') => {
-                    self.number()?;
-                    (Kind::Number, (start, self.i as u32), false)
-                }
-                Some(b']' | b'}') => return self.fail(self.i, "trailing comma or missing value"),
-                Some(b'\'') => return self.fail(self.i, "single quotes are not JSON"),
-                Some(b'/') => return self.fail(self.i, "comments are not JSON"),
-                Some(b'N' | b'I') => return self.fail(self.i, "NaN and Infinity are not JSON"),
-                Some(_) => return self.fail(self.i, "unexpected character"),
-                None => return self.fail(self.i, "unexpected end of document"),
-            };
-            let idx = self.out.tape.next_index();
-            self.out.tape.push(Entry {
-                kind,
-                key_escaped,
-                str_escaped,
-                key,
-                val,
-                end: idx + 1,
-                len: 0,
-            });
-            let is_object = match kind {
-                Kind::Object => true,
-                Kind::Array => false,
-                _ => {
-                    self.after_value();
-                    return Ok(());
-                }
-            };
-            if self.stack.len() >= MAX_DEPTH {
-                return self.fail(self.i, "nesting too deep");
+    /// One value at self.i (after whitespace), appended to the tape. Returns
+    /// whether it opened a container that has members: its frame is pushed and
+    /// its first member name read, and the caller goes on with the first value.
+    #[inline(always)]
+    fn value(&mut self, place: Place) -> Result<bool, Fail> {
+        self.last_value_start = self.i;
+        // The member name this value belongs to (none in arrays and at the root).
+        let in_object = match self.stack.last_mut() {
+            Some(top) => {
+                top.count += 1;
+                top.is_object
             }
-            self.stack.push(Frame {
-                start: self.i,
-                is_object,
-                place,
-                keys_from: self.keys.len(),
-                key_set: None,
-                tape_idx: idx,
-                count: 0,
-                prev_value_end: None,
-                pending_first: None,
-                member: None,
-            });
-            self.i += 1;
-            self.ws();
-            let close = if is_object { b'}' } else { b']' };
-            if self.peek() == Some(close) {
-                self.i += 1;
-                self.stack.pop();
-                self.out.tape.close(idx, 0, self.i as u32);
-                self.last_value_start = start as usize;
+            None => false,
+        };
+        let (key_escaped, key) = if in_object {
+            (self.pending_key.escaped, self.pending_tape_key)
+        } else {
+            (false, (0, 0))
+        };
+        let start = self.i as u32;
+        let (kind, val, str_escaped) = match self.peek() {
+            Some(b'{') => (Kind::Object, (start, start), false),
+            Some(b'[') => (Kind::Array, (start, start), false),
+            Some(b'"') => {
+                let (r, escaped) = self.string()?;
+                (Kind::String, (r.start as u32, r.end as u32), escaped)
+            }
+            Some(b't') => {
+                self.literal(b"true")?;
+                (Kind::True, (start, self.i as u32), false)
+            }
+            Some(b'f') => {
+                self.literal(b"false")?;
+                (Kind::False, (start, self.i as u32), false)
+            }
+            Some(b'n') => {
+                self.literal(b"null")?;
+                (Kind::Null, (start, self.i as u32), false)
+            }
+            Some(b'-' | b'0'..=b'9') => {
+                self.number()?;
+                (Kind::Number, (start, self.i as u32), false)
+            }
+            Some(b']' | b'}') => return self.fail(self.i, "trailing comma or missing value"),
+            Some(b'\'') => return self.fail(self.i, "single quotes are not JSON"),
+            Some(b'/') => return self.fail(self.i, "comments are not JSON"),
+            Some(b'N' | b'I') => return self.fail(self.i, "NaN and Infinity are not JSON"),
+            Some(_) => return self.fail(self.i, "unexpected character"),
+            None => return self.fail(self.i, "unexpected end of document"),
+        };
+        let idx = self.out.tape.next_index();
+        self.out.tape.push(Entry {
+            kind,
+            key_escaped,
+            str_escaped,
+            key,
+            val,
+            end: idx + 1,
+            len: 0,
+        });
+        let is_object = match kind {
+            Kind::Object => true,
+            Kind::Array => false,
+            _ => {
                 self.after_value();
-                return Ok(());
+                return Ok(false);
             }
-            if is_object {
-                self.member_key()?;
-            }
-            place = self.child_place();
+        };
+        if self.stack.len() >= MAX_DEPTH {
+            return self.fail(self.i, "nesting too deep");
         }
+        self.stack.push(Frame {
+            start: self.i,
+            is_object,
+            place,
+            keys_from: self.keys.len(),
+            has_set: false,
+            tape_idx: idx,
+            count: 0,
+            prev_value_end: None,
+            pending_first: None,
+            member: None,
+        });
+        self.i += 1;
+        self.ws();
+        let close = if is_object { b'}' } else { b']' };
+        if self.peek() == Some(close) {
+            self.i += 1;
+            self.stack.pop();
+            self.out.tape.close(idx, 0, self.i as u32);
+            self.last_value_start = start as usize;
+            self.after_value();
+            return Ok(false);
+        }
+        if is_object {
+            self.member_key()?;
+        }
+        Ok(true)
     }
 
     fn literal(&mut self, word: &'static [u8]) -> Result<(), Fail> {
@@ -719,9 +736,9 @@ impl<'a> Scanner<'a> {
     fn long_string(&mut self, start: usize, at: usize) -> Result<(Range<usize>, bool), Fail> {
         let mut at = at;
         let mut escaped = false;
-        // Up to 32 more bytes a word at a time, then the SIMD search.
+        // Up to 64 more bytes a word at a time, then the SIMD search.
         let mut words = 0;
-        while words < 4 {
+        while words < 8 {
             let Some(w) = self.b.get(at..at + 8) else {
                 break;
             };
