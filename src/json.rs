@@ -683,18 +683,17 @@ impl<'a> Scanner<'a> {
     }
 
     fn digits(&mut self) {
-        // Eight at a time while they are all digits (timestamps have 13).
+        // Eight at a time (timestamps have 13); the first word that holds a
+        // non-digit tells where the digits end.
         while let Some(w) = self.b.get(self.i..self.i + 8) {
-            let w = u64::from_le_bytes(w.try_into().unwrap_or([0; 8]));
-            // A byte is a digit when its high nibble is 3 and low nibble <= 9.
-            let high_ok = (w & 0xF0F0_F0F0_F0F0_F0F0) ^ 0x3030_3030_3030_3030;
-            let low_ok = (w & 0x0F0F_0F0F_0F0F_0F0F).wrapping_add(0x0606_0606_0606_0606)
-                & 0xF0F0_F0F0_F0F0_F0F0;
-            if high_ok | low_ok != 0 {
-                break;
+            let stop = non_digits(u64::from_le_bytes(w.try_into().unwrap_or([0; 8])));
+            if stop != 0 {
+                self.i += (stop.trailing_zeros() / 8) as usize;
+                return;
             }
             self.i += 8;
         }
+        // The last few bytes of the document.
         while matches!(self.peek(), Some(b'0'..=b'9')) {
             self.i += 1;
         }
@@ -736,20 +735,28 @@ impl<'a> Scanner<'a> {
     fn long_string(&mut self, start: usize, at: usize) -> Result<(Range<usize>, bool), Fail> {
         let mut at = at;
         let mut escaped = false;
-        // Up to 64 more bytes a word at a time, then the SIMD search.
-        let mut words = 0;
-        while words < 8 {
-            let Some(w) = self.b.get(at..at + 8) else {
+        // Up to 64 more bytes, two words per step, then the SIMD search.
+        let mut steps = 0;
+        while steps < 4 {
+            let Some(w) = self.b.get(at..at + 16) else {
                 break;
             };
-            let w = u64::from_le_bytes(w.try_into().unwrap_or([0; 8]));
-            let hit = special_bytes(w);
-            if hit == 0 {
-                at += 8;
-                words += 1;
+            let lo = special_bytes(u64::from_le_bytes(
+                w.get(..8).and_then(|h| h.try_into().ok()).unwrap_or([0; 8]),
+            ));
+            let hi = special_bytes(u64::from_le_bytes(
+                w.get(8..).and_then(|h| h.try_into().ok()).unwrap_or([0; 8]),
+            ));
+            if lo | hi == 0 {
+                at += 16;
+                steps += 1;
                 continue;
             }
-            at += (hit.trailing_zeros() / 8) as usize;
+            at += if lo != 0 {
+                (lo.trailing_zeros() / 8) as usize
+            } else {
+                8 + (hi.trailing_zeros() / 8) as usize
+            };
             match self.b.get(at) {
                 Some(b'"') => {
                     self.i = at + 1;
@@ -831,6 +838,18 @@ impl<'a> Scanner<'a> {
         self.i += 4;
         Some(v)
     }
+}
+
+/// Nonzero bits in each byte of `w` (little-endian) that is not an ASCII
+/// digit, and only there: a digit's high nibble is 3 and its low nibble at
+/// most 9. No carry crosses bytes, so the lowest set bit marks the first
+/// non-digit exactly.
+#[inline]
+pub(crate) fn non_digits(w: u64) -> u64 {
+    let high = (w & 0xF0F0_F0F0_F0F0_F0F0) ^ 0x3030_3030_3030_3030;
+    let low =
+        (w & 0x0F0F_0F0F_0F0F_0F0F).wrapping_add(0x0606_0606_0606_0606) & 0xF0F0_F0F0_F0F0_F0F0;
+    high | low
 }
 
 /// Bit 7 of each byte of `w` that is `"`, `\\` or a control character (below

@@ -518,11 +518,7 @@ fn plain_u64(text: &str) -> Option<u64> {
     let mut rest = b;
     while let Some((head, tail)) = rest.split_first_chunk::<8>() {
         let w = u64::from_le_bytes(*head);
-        // Every byte a digit: high nibble 3, low nibble at most 9.
-        let high = (w & 0xF0F0_F0F0_F0F0_F0F0) ^ 0x3030_3030_3030_3030;
-        let low =
-            (w & 0x0F0F_0F0F_0F0F_0F0F).wrapping_add(0x0606_0606_0606_0606) & 0xF0F0_F0F0_F0F0_F0F0;
-        if high | low != 0 {
+        if crate::json::non_digits(w) != 0 {
             return None;
         }
         // Pairs, then quads, then the eight digits (the first is the lowest byte).
