@@ -507,12 +507,30 @@ impl JsonNumber for TapeNumber<'_> {
 /// `text` as a `u64` when it is at most 19 plain digits (always in range), the
 /// common case, without `str::parse`'s per-digit overflow checks; `None` for
 /// anything else (the caller falls back to `parse`). Eight digits at a time:
-/// a 13-digit epoch-millisecond timestamp is one word and five bytes.
+/// 9 to 16 digits (a 13-digit epoch-millisecond timestamp) are two words.
 #[inline]
 fn plain_u64(text: &str) -> Option<u64> {
     let b = text.as_bytes();
     if b.is_empty() || b.len() > 19 {
         return None;
+    }
+    if let (Some(first), Some(last)) = (b.first_chunk::<8>(), b.last_chunk::<8>()) {
+        if b.len() > 8 && b.len() <= 16 {
+            // The first len - 8 digits as the last bytes of a word, '0's before
+            // them (the bytes shifted out are `last`'s); `last` holds the rest.
+            let pad = 8 * (16 - b.len()) as u32;
+            let first = u64::from_le_bytes(*first);
+            let high = if pad == 0 {
+                first
+            } else {
+                (first << pad) | (0x3030_3030_3030_3030 >> (64 - pad))
+            };
+            let low = u64::from_le_bytes(*last);
+            if crate::json::non_digits(high) | crate::json::non_digits(low) != 0 {
+                return None;
+            }
+            return Some(eight_digits(high) * 100_000_000 + eight_digits(low));
+        }
     }
     let mut v = 0u64;
     let mut rest = b;
@@ -521,12 +539,7 @@ fn plain_u64(text: &str) -> Option<u64> {
         if crate::json::non_digits(w) != 0 {
             return None;
         }
-        // Pairs, then quads, then the eight digits (the first is the lowest byte).
-        let d = w - 0x3030_3030_3030_3030;
-        let d = (d * 10 + (d >> 8)) & 0x00FF_00FF_00FF_00FF;
-        let d = (d * 100 + (d >> 16)) & 0x0000_FFFF_0000_FFFF;
-        let d = (d * 10_000 + (d >> 32)) & 0xFFFF_FFFF;
-        v = v * 100_000_000 + d;
+        v = v * 100_000_000 + eight_digits(w);
         rest = tail;
     }
     for &c in rest {
@@ -537,6 +550,16 @@ fn plain_u64(text: &str) -> Option<u64> {
         v = v * 10 + u64::from(d);
     }
     Some(v)
+}
+
+/// The value of eight ASCII digits read as a little-endian word (the first
+/// digit is the lowest byte): pairs, then quads, then all eight.
+#[inline]
+fn eight_digits(w: u64) -> u64 {
+    let d = w - 0x3030_3030_3030_3030;
+    let d = (d * 10 + (d >> 8)) & 0x00FF_00FF_00FF_00FF;
+    let d = (d * 100 + (d >> 16)) & 0x0000_FFFF_0000_FFFF;
+    (d * 10_000 + (d >> 32)) & 0xFFFF_FFFF
 }
 
 #[cfg(test)]
@@ -562,6 +585,15 @@ mod tests {
             "",
             "/0123456",
             ":0123456",
+            "1000000000",
+            "1234567890123456",
+            "9999999999999999",
+            "12345678901234567",
+            "170386200000x",
+            "x703862000000",
+            "17038620.0000",
+            "1703862 00000",
+            "000000000000001",
         ] {
             let want = if t.len() <= 19 {
                 t.parse::<u64>().ok()
