@@ -89,13 +89,14 @@ struct Frame {
     tape_idx: u32,
     /// Children so far.
     count: u32,
-    /// End of the previous member's value (objects) — where a removal that takes
-    /// the preceding comma starts.
-    prev_value_end: Option<usize>,
     /// A first member waiting for the next key (or the end) to know its span.
     pending_first: Option<(Target, usize, Range<usize>)>,
-    /// Current member's key start and target.
-    member: Option<(Target, usize)>,
+    /// What hookgate records of the current member (objects; `None` for most),
+    /// and where its name starts.
+    target: Target,
+    key_start: usize,
+    /// For such a member: where the previous member's value ended, if any.
+    prev_end: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -280,10 +281,11 @@ impl<'a> Scanner<'a> {
                 let is_object = top.is_object;
                 match self.peek() {
                     Some(b',') => {
+                        let comma = self.i;
                         self.i += 1;
                         self.ws();
                         if is_object {
-                            self.member_key()?;
+                            self.member_key(Some(comma))?;
                         }
                         place = self.child_place();
                         continue 'values;
@@ -338,7 +340,7 @@ impl<'a> Scanner<'a> {
 
     /// Read `"key" :` in an object, check duplicates, decide the target.
     #[inline(always)]
-    fn member_key(&mut self) -> Result<(), Fail> {
+    fn member_key(&mut self, comma: Option<usize>) -> Result<(), Fail> {
         let key_start = self.i;
         if self.peek() != Some(b'"') {
             return self.fail(
@@ -444,7 +446,18 @@ impl<'a> Scanner<'a> {
         let Some(top) = self.stack.last_mut() else {
             return self.fail(key_start, "internal");
         };
-        top.member = Some((target, key_start));
+        top.target = target;
+        if target != Target::None {
+            top.key_start = key_start;
+            // Where the previous member's value ended: before the comma and any
+            // whitespace in front of it. None for the object's first member.
+            top.prev_end = comma.map(|mut at| {
+                while at > 0 && matches!(self.b.get(at - 1), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+                    at -= 1;
+                }
+                at
+            });
+        }
         self.pending_child_place = child;
         Ok(())
     }
@@ -457,21 +470,16 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// A value ended at self.i: finish the member bookkeeping of the container.
+    /// A value ended at self.i: finish the member bookkeeping of the container,
+    /// which only members that hookgate records need.
     #[inline]
     fn after_value(&mut self) {
-        let end = self.i;
         let Some(top) = self.stack.last_mut() else {
             return;
         };
-        if !top.is_object {
-            return;
-        }
-        let Some((target, key_start)) = top.member.take() else {
-            return;
-        };
-        let prev = top.prev_value_end.replace(end);
-        if target != Target::None {
+        if top.target != Target::None {
+            let target = std::mem::replace(&mut top.target, Target::None);
+            let (key_start, prev) = (top.key_start, top.prev_end);
             self.target_value_end(target, key_start, prev);
         }
     }
@@ -608,9 +616,10 @@ impl<'a> Scanner<'a> {
             has_set: false,
             tape_idx: idx,
             count: 0,
-            prev_value_end: None,
             pending_first: None,
-            member: None,
+            target: Target::None,
+            key_start: 0,
+            prev_end: None,
         });
         self.i += 1;
         self.ws();
@@ -624,7 +633,7 @@ impl<'a> Scanner<'a> {
             return Ok(false);
         }
         if is_object {
-            self.member_key()?;
+            self.member_key(None)?;
         }
         Ok(true)
     }
