@@ -130,13 +130,19 @@ struct KeyRef {
 /// `memcpy` call and a stalled load, a quarter of the time spent on member names.
 #[inline(always)]
 fn fingerprint(b: &[u8], raw: Range<usize>) -> u64 {
-    let len = raw.end.wrapping_sub(raw.start);
-    // n <= 7: keep the name's first n bytes, the length in the top byte.
-    let keep = !(u64::MAX << (8 * len.min(7)));
     let word = match b.get(raw.start..).and_then(|t| t.first_chunk::<8>()) {
         Some(w) => u64::from_le_bytes(*w),
         None => fingerprint_word_at_end(b, raw.start),
     };
+    name_fingerprint(word, raw.end.wrapping_sub(raw.start))
+}
+
+/// The fingerprint of a `len`-byte name whose first bytes are `word` (the
+/// word `string` read already, when it did).
+#[inline(always)]
+fn name_fingerprint(word: u64, len: usize) -> u64 {
+    // n <= 7: keep the name's first n bytes, the length in the top byte.
+    let keep = !(u64::MAX << (8 * len.min(7)));
     (word & keep) ^ ((len as u64) << 56) ^ (((len as u64) >> 8) << 48)
 }
 
@@ -352,7 +358,7 @@ impl<'a> Scanner<'a> {
                 },
             );
         }
-        let (raw, escaped) = self.string()?;
+        let (raw, escaped, first_word) = self.string()?;
         let decoded: Cow<'a, [u8]> = if escaped {
             Cow::Owned(unescape(self.b.get(raw.clone()).unwrap_or_default()))
         } else {
@@ -364,10 +370,10 @@ impl<'a> Scanner<'a> {
             end: raw.end as u32,
             escaped,
             // Of the decoded name when it has escapes: equal names, equal fingerprints.
-            fp: if escaped {
-                fingerprint(key, 0..key.len())
-            } else {
-                fingerprint(self.b, raw)
+            fp: match (escaped, first_word) {
+                (true, _) => fingerprint(key, 0..key.len()),
+                (false, Some(w)) => name_fingerprint(w, raw.len()),
+                (false, None) => fingerprint(self.b, raw),
             },
         };
         self.ws();
@@ -561,7 +567,7 @@ impl<'a> Scanner<'a> {
             Some(b'{') => (Kind::Object, (start, start), false),
             Some(b'[') => (Kind::Array, (start, start), false),
             Some(b'"') => {
-                let (r, escaped) = self.string()?;
+                let (r, escaped, _) = self.string()?;
                 (Kind::String, (r.start as u32, r.end as u32), escaped)
             }
             Some(b't') => {
@@ -720,14 +726,18 @@ impl<'a> Scanner<'a> {
     /// the rest go to `long_string`. (callgrind, 64 KB payload: the call cost
     /// about 20 instructions per string.)
     #[inline(always)]
-    fn string(&mut self) -> Result<(Range<usize>, bool), Fail> {
+    fn string(&mut self) -> Result<(Range<usize>, bool, Option<u64>), Fail> {
         let start = self.i + 1; // after the opening quote
         let mut at = start;
+        // The content's first word, for a member name's fingerprint.
+        let mut first = None;
         for _ in 0..2 {
             let Some(w) = self.b.get(at..at + 8) else {
                 break;
             };
-            let hit = special_bytes(u64::from_le_bytes(w.try_into().unwrap_or([0; 8])));
+            let w = u64::from_le_bytes(w.try_into().unwrap_or([0; 8]));
+            first = first.or(Some(w));
+            let hit = special_bytes(w);
             if hit == 0 {
                 at += 8;
                 continue;
@@ -735,11 +745,12 @@ impl<'a> Scanner<'a> {
             at += (hit.trailing_zeros() / 8) as usize;
             if self.b.get(at) == Some(&b'"') {
                 self.i = at + 1;
-                return Ok((start..at, false));
+                return Ok((start..at, false, first));
             }
             break;
         }
-        self.long_string(start, at)
+        let (range, escaped) = self.long_string(start, at)?;
+        Ok((range, escaped, first))
     }
 
     /// `string` for strings that are long or hold escapes or control
