@@ -140,11 +140,31 @@ fn fingerprint(b: &[u8], raw: Range<usize>) -> u64 {
 /// The fingerprint of a `len`-byte name whose first bytes are `word` (the
 /// word `string` read already, when it did).
 #[inline(always)]
-fn name_fingerprint(word: u64, len: usize) -> u64 {
+const fn name_fingerprint(word: u64, len: usize) -> u64 {
     // n <= 7: keep the name's first n bytes, the length in the top byte.
-    let keep = !(u64::MAX << (8 * len.min(7)));
+    let n = if len < 7 { len } else { 7 };
+    let keep = !(u64::MAX << (8 * n));
     (word & keep) ^ ((len as u64) << 56) ^ (((len as u64) >> 8) << 48)
 }
+
+/// The fingerprint of a name given in the source (for the names hookgate
+/// looks for).
+const fn literal_fingerprint(name: &[u8]) -> u64 {
+    let mut word = 0u64;
+    let mut i = 0;
+    while i < name.len() && i < 8 {
+        word |= (name[i] as u64) << (8 * i);
+        i += 1;
+    }
+    name_fingerprint(word, name.len())
+}
+
+const FP_CALL: u64 = literal_fingerprint(b"call");
+const FP_ASSIST: u64 = literal_fingerprint(b"assist");
+const FP_ID: u64 = literal_fingerprint(b"id");
+const FP_TRANSCRIPTION: u64 = literal_fingerprint(b"transcription");
+const FP_CONTENT: u64 = literal_fingerprint(b"content");
+const FP_CHUNKS: u64 = literal_fingerprint(b"chunks");
 
 /// The word at `start` when fewer than 8 bytes remain, zero-padded.
 #[cold]
@@ -385,15 +405,19 @@ impl<'a> Scanner<'a> {
         let Some(top) = self.stack.last_mut() else {
             return self.fail(key_start, "internal");
         };
-        let (target, child) = match (top.place, key) {
+        // Names of up to 7 bytes are their fingerprint, so one compare tells
+        // them; longer ones are compared byte for byte once the fingerprint matches.
+        let (target, child) = match (top.place, key_ref.fp) {
             (Place::Other, _) => (Target::None, Place::Other),
-            (Place::Root, b"call") => (Target::None, Place::Call),
-            (Place::Root, b"assist") => (Target::None, Place::Assist),
-            (Place::Call, b"id") => (Target::CallId, Place::Other),
-            (Place::Assist, b"transcription") => (Target::Transcription, Place::Transcription),
-            (Place::Transcription, b"content") => (Target::Text, Place::Other),
-            (Place::Transcription, b"chunks") => (Target::None, Place::Chunks),
-            (Place::Chunk, b"content") => (Target::Text, Place::Other),
+            (Place::Root, FP_CALL) => (Target::None, Place::Call),
+            (Place::Root, FP_ASSIST) => (Target::None, Place::Assist),
+            (Place::Call, FP_ID) => (Target::CallId, Place::Other),
+            (Place::Assist, FP_TRANSCRIPTION) if key == b"transcription" => {
+                (Target::Transcription, Place::Transcription)
+            }
+            (Place::Transcription, FP_CONTENT) => (Target::Text, Place::Other),
+            (Place::Transcription, FP_CHUNKS) => (Target::None, Place::Chunks),
+            (Place::Chunk, FP_CONTENT) => (Target::Text, Place::Other),
             _ => (Target::None, Place::Other),
         };
         // Duplicates: a pass over this object's names while it is small, a set after.
@@ -1141,6 +1165,19 @@ mod tests {
         );
         let v: serde_json::Value = serde_json::from_str(&strip_text(doc)).unwrap();
         assert!(v["assist"]["transcription"]["chunks"][0]["content"].is_null());
+    }
+
+    #[test]
+    fn names_like_the_recorded_ones_are_not_recorded() {
+        // Same first bytes or same length as the names hookgate records: the
+        // fingerprint alone must not decide.
+        let doc = r#"{"calls":{"id":"x"},"call":{"ID":"y","idx":"z"},"assist":{"transcriptioN":{"content":"a"},"transcriptions":1,"transcription":{"contents":"b","Content":"c","chunks":[{"content2":"d","conten":"e"}]}}}"#;
+        let s = scan(doc.as_bytes()).unwrap();
+        assert_eq!(s.call_id, None);
+        let t = s.transcription.expect("assist.transcription is recorded");
+        assert!(doc[t.value].starts_with(r#"{"contents""#));
+        assert!(s.texts.is_empty(), "{:?}", s.texts);
+        assert_eq!(strip_text(doc), doc);
     }
 
     #[test]
