@@ -187,8 +187,8 @@ struct Scanner<'a> {
     keys: Vec<KeyRef>,
     /// Member names of the open objects that have many, innermost last.
     key_sets: Vec<HashSet<Vec<u8>>>,
-    /// The member name of the value about to be read (objects).
-    pending_key: KeyRef,
+    /// Whether the member name of the value about to be read has escapes.
+    pending_key_escaped: bool,
     /// Its span for the tape: in the body, or decoded in the tape's name buffer.
     pending_tape_key: (u32, u32),
     /// Start of the value that just ended.
@@ -236,12 +236,7 @@ pub fn scan_with(body: &[u8], tape: bool) -> Result<Scan<'_>, ParseError> {
         },
         keys: Vec::with_capacity(64),
         key_sets: Vec::new(),
-        pending_key: KeyRef {
-            start: 0,
-            end: 0,
-            escaped: false,
-            fp: 0,
-        },
+        pending_key_escaped: false,
         pending_tape_key: (0, 0),
         last_value_start: 0,
         pending_child_place: Place::Other,
@@ -267,7 +262,7 @@ impl<'a> Scanner<'a> {
 
     #[inline]
     fn ws(&mut self) {
-        while let Some(&c @ (b' ' | b'\t' | b'\n' | b'\r')) = self.b.get(self.i) {
+        while let Some(&c) = self.b.get(self.i).filter(|&&c| is_ws(c)) {
             self.i += 1;
             if c == b'\n' {
                 // Indentation of pretty-printed documents: eight spaces at a time.
@@ -459,7 +454,7 @@ impl<'a> Scanner<'a> {
                 self.keys.push(key_ref);
             }
         }
-        self.pending_key = key_ref;
+        self.pending_key_escaped = escaped;
         self.pending_tape_key = if escaped {
             self.out.tape.add_name(key)
         } else {
@@ -482,7 +477,7 @@ impl<'a> Scanner<'a> {
             // Where the previous member's value ended: before the comma and any
             // whitespace in front of it. None for the object's first member.
             top.prev_end = comma.map(|mut at| {
-                while at > 0 && matches!(self.b.get(at - 1), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+                while at > 0 && self.b.get(at - 1).is_some_and(|&c| is_ws(c)) {
                     at -= 1;
                 }
                 at
@@ -582,7 +577,7 @@ impl<'a> Scanner<'a> {
             None => false,
         };
         let (key_escaped, key) = if in_object {
-            (self.pending_key.escaped, self.pending_tape_key)
+            (self.pending_key_escaped, self.pending_tape_key)
         } else {
             (false, (0, 0))
         };
@@ -887,6 +882,12 @@ impl<'a> Scanner<'a> {
         self.i += 4;
         Some(v)
     }
+}
+
+/// JSON's whitespace: space, tab, line feed, carriage return.
+#[inline(always)]
+fn is_ws(c: u8) -> bool {
+    matches!(c, b' ' | b'\t' | b'\n' | b'\r')
 }
 
 /// Nonzero bits in each byte of `w` (little-endian) that is not an ASCII
