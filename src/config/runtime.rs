@@ -1434,4 +1434,54 @@ set = { "X-T" = "${MISSING}" }
         assert!(!s.accepts(None));
         assert!(!format!("{s:?}").contains("secret-0123"));
     }
+    /// What an upstream URL turns into: the address dialled, the `Host` header,
+    /// the SNI name and the path sent. Pins the behaviour down for any change
+    /// of URL parser.
+    #[test]
+    fn upstream_urls_parse_to_address_host_sni_and_path() {
+        let t = parse_http_target("http://127.0.0.1:9000/hooks/in?x=1").unwrap();
+        assert_eq!(t.addr, "127.0.0.1:9000".parse::<SocketAddr>().unwrap());
+        assert!(!t.tls);
+        assert_eq!(t.authority, "127.0.0.1:9000");
+        assert_eq!(t.sni, "127.0.0.1");
+        assert_eq!(t.path, "/hooks/in?x=1");
+
+        // No path: "/"; the scheme's own port is left out of Host.
+        let t = parse_http_target("http://127.0.0.1").unwrap();
+        assert_eq!((t.addr.port(), t.authority.as_str()), (80, "127.0.0.1"));
+        assert_eq!(t.path, "/");
+        let t = parse_http_target("http://127.0.0.1:80/a").unwrap();
+        assert_eq!((t.addr.port(), t.authority.as_str()), (80, "127.0.0.1"));
+        let t = parse_http_target("https://127.0.0.1/a").unwrap();
+        assert!(t.tls);
+        assert_eq!((t.addr.port(), t.authority.as_str()), (443, "127.0.0.1"));
+        let t = parse_http_target("https://127.0.0.1:8443/a").unwrap();
+        assert_eq!(
+            (t.addr.port(), t.authority.as_str()),
+            (8443, "127.0.0.1:8443")
+        );
+
+        // IPv6: brackets in Host, none in the SNI name.
+        let t = parse_http_target("http://[::1]:9000/x").unwrap();
+        assert_eq!(t.addr, "[::1]:9000".parse::<SocketAddr>().unwrap());
+        assert_eq!(t.authority, "[::1]:9000");
+        assert_eq!(t.sni, "::1");
+
+        // Scheme and host are case-insensitive; the path is not.
+        let t = parse_http_target("HTTP://127.0.0.1:9000/Hooks").unwrap();
+        assert!(!t.tls);
+        assert_eq!(t.path, "/Hooks");
+    }
+
+    #[test]
+    fn upstream_urls_that_cannot_work_are_refused_with_a_reason() {
+        let refused = |url: &str| parse_http_target(url).expect_err(url);
+        assert!(refused("ftp://127.0.0.1/").contains("not supported"));
+        assert!(refused("http://user:pw@127.0.0.1/").contains("credentials"));
+        assert!(refused("http://user@127.0.0.1/").contains("credentials"));
+        assert!(refused("http://127.0.0.1/a#frag").contains("fragment"));
+        assert!(refused("127.0.0.1:9000/a").contains("not"));
+        assert!(refused("http://127.0.0.1:99999/").contains("not a URL"));
+        assert!(refused("not a url").contains("not a URL"));
+    }
 }
