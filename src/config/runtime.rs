@@ -1130,30 +1130,54 @@ pub fn load_ca_file(path: &Path) -> Result<Vec<Vec<u8>>, String> {
 }
 
 /// Parse and resolve `http(s)://host[:port][/path][?query]`.
+///
+/// `http::Uri` (RFC 3986) is enough for an upstream: hosts are addresses or
+/// ASCII names, and the path is sent as written. Non-ASCII characters and
+/// spaces are refused rather than percent-encoded.
 pub fn parse_http_target(s: &str) -> Result<HttpTarget, String> {
-    let url = url::Url::parse(s).map_err(|e| format!("{s:?} is not a URL: {e}"))?;
-    let tls = match url.scheme() {
-        "http" => false,
-        "https" => true,
-        other => {
-            return Err(format!(
-                "scheme {other:?} is not supported (http, https or file:)"
-            ))
-        }
-    };
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err("credentials in the URL are not supported; use [route.headers] set".into());
+    if s.bytes().any(|b| !b.is_ascii_graphic()) {
+        return Err(format!(
+            "{s:?} is not a URL: spaces, control and non-ASCII characters must be percent-encoded"
+        ));
     }
-    if url.fragment().is_some() {
+    if s.contains('#') {
         return Err("a fragment (#...) has no meaning in an upstream URL".into());
     }
-    let host = url
-        .host_str()
-        .ok_or_else(|| format!("{s:?} has no host"))?
-        .to_string();
-    let port = url
-        .port_or_known_default()
-        .unwrap_or(if tls { 443 } else { 80 });
+    let uri: http::Uri = s.parse().map_err(|e| format!("{s:?} is not a URL: {e}"))?;
+    let scheme = uri
+        .scheme_str()
+        .ok_or_else(|| format!("{s:?} is not a URL: it has no scheme"))?;
+    let tls = if scheme.eq_ignore_ascii_case("http") {
+        false
+    } else if scheme.eq_ignore_ascii_case("https") {
+        true
+    } else {
+        return Err(format!(
+            "scheme {:?} is not supported (http, https or file:)",
+            scheme.to_ascii_lowercase()
+        ));
+    };
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("{s:?} has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err("credentials in the URL are not supported; use [route.headers] set".into());
+    }
+    let host = authority.host().to_ascii_lowercase();
+    if host.is_empty() {
+        return Err(format!("{s:?} has no host"));
+    }
+    let default_port = if tls { 443 } else { 80 };
+    // `Authority::port` is None for a port out of range too: read it here.
+    let port = match authority.as_str().get(host.len()..).unwrap_or_default() {
+        "" | ":" => default_port,
+        rest => rest
+            .strip_prefix(':')
+            .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|p| p.parse::<u16>().ok())
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("{s:?} is not a URL: invalid port {rest:?}"))?,
+    };
     let bare_host = host
         .trim_start_matches('[')
         .trim_end_matches(']')
@@ -1163,15 +1187,17 @@ pub fn parse_http_target(s: &str) -> Result<HttpTarget, String> {
         .map_err(|e| format!("cannot resolve {host}: {e}"))?
         .next()
         .ok_or_else(|| format!("{host} resolves to no address"))?;
-    let authority = match url.port() {
-        Some(p) => format!("{host}:{p}"),
-        None => host.clone(),
+    // The scheme's own port is left out of Host, as browsers and curl do.
+    let authority = if port == default_port {
+        host.clone()
+    } else {
+        format!("{host}:{port}")
     };
-    let mut path = url.path().to_string();
-    if let Some(q) = url.query() {
-        path.push('?');
-        path.push_str(q);
-    }
+    let path = match uri.path_and_query().map(|pq| pq.as_str()) {
+        Some(pq) if pq.starts_with('/') => pq.to_string(),
+        Some(pq) => format!("/{pq}"),
+        None => "/".to_string(),
+    };
     Ok(HttpTarget {
         url: s.to_string(),
         addr,
@@ -1461,6 +1487,11 @@ set = { "X-T" = "${MISSING}" }
             (8443, "127.0.0.1:8443")
         );
 
+        // An empty port is the default one; a query without a path gets "/".
+        let t = parse_http_target("http://127.0.0.1:?x=1").unwrap();
+        assert_eq!((t.addr.port(), t.authority.as_str()), (80, "127.0.0.1"));
+        assert_eq!(t.path, "/?x=1");
+
         // IPv6: brackets in Host, none in the SNI name.
         let t = parse_http_target("http://[::1]:9000/x").unwrap();
         assert_eq!(t.addr, "[::1]:9000".parse::<SocketAddr>().unwrap());
@@ -1481,7 +1512,12 @@ set = { "X-T" = "${MISSING}" }
         assert!(refused("http://user@127.0.0.1/").contains("credentials"));
         assert!(refused("http://127.0.0.1/a#frag").contains("fragment"));
         assert!(refused("127.0.0.1:9000/a").contains("not"));
-        assert!(refused("http://127.0.0.1:99999/").contains("not a URL"));
+        for port in ["99999", "0", "+80", "8o", "-1"] {
+            let url = format!("http://127.0.0.1:{port}/");
+            assert!(refused(&url).contains("not a URL"), "{url}");
+        }
+        assert!(refused("http://127.0.0.1/ä").contains("not a URL"));
+        assert!(refused("http://127.0.0.1/a b").contains("not a URL"));
         assert!(refused("not a url").contains("not a URL"));
     }
 }
