@@ -418,7 +418,13 @@ fn real_prometheus_sees_every_dashboard_and_alert_expression() {
 #[test]
 fn health_and_readiness_on_the_metrics_listener_only() {
     let up = Upstream::start(ok_answer());
-    let mut gw = Gateway::start(&config_for(&format!("\"{}\"", up.url("/in")), "", ""));
+    // Room for a loaded machine: the request in flight takes 2 s, well inside
+    // the route's timeout and the shutdown grace.
+    let mut gw = Gateway::start(
+        &config_for(&format!("\"{}\"", up.url("/in")), "", "")
+            .replace("timeout_ms = 1500", "timeout_ms = 6000")
+            .replace("shutdown_grace_ms = 3000", "shutdown_grace_ms = 8000"),
+    );
     for p in ["/healthz", "/readyz", "/metrics"] {
         assert_eq!(http_get(gw.metrics, p).unwrap().status, 200, "{p}");
         // Never on the public listener.
@@ -435,17 +441,17 @@ fn health_and_readiness_on_the_metrics_listener_only() {
         .unwrap()
         .starts_with("text/plain; version=0.0.4"));
     // Draining: /readyz 503 while a request is still in flight, /healthz still 200.
-    up.set_behavior(Behavior::Delay(Duration::from_millis(1000)));
+    up.set_behavior(Behavior::Delay(Duration::from_millis(2000)));
     let addr = gw.addr;
     let t = std::thread::spawn(move || raw(addr, &post_bytes("/webhooks/crm", &payload(0), &[])));
-    assert!(wait_until(Duration::from_secs(2), || up.count() == 1));
+    assert!(wait_until(Duration::from_secs(3), || up.count() == 1));
     gw.signal("TERM");
-    assert!(wait_until(Duration::from_secs(1), || http_get(
+    assert!(wait_until(Duration::from_secs(3), || http_get(
         gw.metrics, "/readyz"
     )
     .map(|r| r.status == 503)
     .unwrap_or(false)));
     assert_eq!(http_get(gw.metrics, "/healthz").unwrap().status, 200);
     assert_eq!(t.join().unwrap().unwrap().status, 200);
-    assert!(gw.wait_exit(Duration::from_secs(4)).is_some());
+    assert!(gw.wait_exit(Duration::from_secs(10)).is_some());
 }
