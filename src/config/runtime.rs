@@ -1460,6 +1460,7 @@ set = { "X-T" = "${MISSING}" }
         assert!(!s.accepts(None));
         assert!(!format!("{s:?}").contains("secret-0123"));
     }
+
     /// What an upstream URL turns into: the address dialled, the `Host` header,
     /// the SNI name and the path sent. Pins the behaviour down for any change
     /// of URL parser.
