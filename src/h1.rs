@@ -146,47 +146,14 @@ pub async fn receive(s: &mut Stream, max_body: usize) -> Result<Response, Exchan
     loop {
         // The head.
         let (status, headers, version_11) = loop {
-            let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut resp = httparse::Response::new(&mut slots);
-            match resp.parse(&buf) {
-                Ok(httparse::Status::Complete(n)) => {
-                    // Header values become views of the head (no copy each):
-                    // note where they are, then take the head out of the buffer.
-                    let base = buf.as_ptr() as usize;
-                    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-                    let count = resp.headers.len();
-                    let at = |p: *const u8, len: usize| match (p as usize).checked_sub(base) {
-                        Some(o) if o + len <= n => (o, o + len),
-                        // An empty value may point anywhere: an empty view.
-                        _ => (0, 0),
-                    };
-                    for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
-                        let (ns, ne) = at(h.name.as_ptr(), h.name.len());
-                        let (vs, ve) = at(h.value.as_ptr(), h.value.len());
-                        *span = (ns, ne, vs, ve);
-                    }
-                    let status = resp.code.ok_or(ExchangeError::Garbage("no status"))?;
-                    let version_11 = resp.version == Some(1);
-                    let head = buf.split_to(n).freeze();
-                    let mut map = HeaderMap::with_capacity(count);
-                    for &(ns, ne, vs, ve) in spans.get(..count).unwrap_or_default() {
-                        let name = HeaderName::from_bytes(head.get(ns..ne).unwrap_or_default())
-                            .map_err(|_| ExchangeError::Garbage("bad header name"))?;
-                        let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
-                            .map_err(|_| ExchangeError::Garbage("bad header value"))?;
-                        map.append(name, value);
-                    }
-                    break (status, map, version_11);
-                }
-                Ok(httparse::Status::Partial) => {
-                    if buf.len() > MAX_HEAD {
-                        return Err(ExchangeError::Garbage("response head too large"));
-                    }
-                    if fill(s, &mut buf).await? == 0 {
-                        return Err(ExchangeError::Closed);
-                    }
-                }
-                Err(_) => return Err(ExchangeError::Garbage("not an HTTP/1.x response")),
+            if let Some(head) = parse_head(&mut buf)? {
+                break head;
+            }
+            if buf.len() > MAX_HEAD {
+                return Err(ExchangeError::Garbage("response head too large"));
+            }
+            if fill(s, &mut buf).await? == 0 {
+                return Err(ExchangeError::Closed);
             }
         };
         if (100..200).contains(&status) {
@@ -240,6 +207,47 @@ pub async fn receive(s: &mut Stream, max_body: usize) -> Result<Response, Exchan
             reusable,
         });
     }
+}
+
+/// The response head at the start of `buf`, taken out of it, or `None` while
+/// it is incomplete. A plain function, not part of `receive`'s future: the
+/// header slots (3.2 KB) would otherwise be stored in every exchange's future
+/// and copied with it at each `.await` up the call chain.
+fn parse_head(buf: &mut BytesMut) -> Result<Option<(u16, HeaderMap, bool)>, ExchangeError> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut slots);
+    let n = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(ExchangeError::Garbage("not an HTTP/1.x response")),
+    };
+    // Header values become views of the head (no copy each): note where they
+    // are, then take the head out of the buffer.
+    let base = buf.as_ptr() as usize;
+    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+    let count = resp.headers.len();
+    let at = |p: *const u8, len: usize| match (p as usize).checked_sub(base) {
+        Some(o) if o + len <= n => (o, o + len),
+        // An empty value may point anywhere: an empty view.
+        _ => (0, 0),
+    };
+    for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
+        let (ns, ne) = at(h.name.as_ptr(), h.name.len());
+        let (vs, ve) = at(h.value.as_ptr(), h.value.len());
+        *span = (ns, ne, vs, ve);
+    }
+    let status = resp.code.ok_or(ExchangeError::Garbage("no status"))?;
+    let version_11 = resp.version == Some(1);
+    let head = buf.split_to(n).freeze();
+    let mut map = HeaderMap::with_capacity(count);
+    for &(ns, ne, vs, ve) in spans.get(..count).unwrap_or_default() {
+        let name = HeaderName::from_bytes(head.get(ns..ne).unwrap_or_default())
+            .map_err(|_| ExchangeError::Garbage("bad header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
+            .map_err(|_| ExchangeError::Garbage("bad header value"))?;
+        map.append(name, value);
+    }
+    Ok(Some((status, map, version_11)))
 }
 
 fn header_has_token(h: &HeaderMap, name: &str, token: &str) -> bool {
@@ -335,5 +343,51 @@ async fn read_chunked(
             return Err(ExchangeError::Garbage("chunk not followed by CRLF"));
         }
         buf.advance(2);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_head_is_taken_out_of_the_buffer_only_when_complete() {
+        let whole = b"HTTP/1.1 201 Created\r\nX-A: one\r\nX-A: two\r\nContent-Length: 2\r\n\r\nok";
+        // Every prefix that ends before the blank line is incomplete: nothing taken.
+        let head_len = whole.len() - 2;
+        for cut in 0..head_len {
+            let mut buf = BytesMut::from(&whole[..cut]);
+            assert!(parse_head(&mut buf).unwrap().is_none(), "cut at {cut}");
+            assert_eq!(buf.len(), cut);
+        }
+        let mut buf = BytesMut::from(&whole[..]);
+        let (status, headers, v11) = parse_head(&mut buf).unwrap().unwrap();
+        assert_eq!((status, v11), (201, true));
+        let a: Vec<&[u8]> = headers
+            .get_all("x-a")
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        assert_eq!(a, [b"one".as_slice(), b"two"]);
+        assert_eq!(headers.get("content-length").unwrap(), "2");
+        // The body stays in the buffer.
+        assert_eq!(&buf[..], b"ok");
+    }
+
+    #[test]
+    fn a_head_that_is_not_http_is_refused() {
+        // (Empty lines before a status line are skipped, as RFC 9112 allows:
+        // `\r\n\r\n` is still incomplete, and 502 once the upstream closes.)
+        for bad in [&b"HTTP/1.1 2x0 OK\r\n\r\n"[..], b"SSH-2.0-x\r\n\r\n"] {
+            let mut buf = BytesMut::from(bad);
+            assert!(
+                parse_head(&mut buf).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let mut buf = BytesMut::from(&b"HTTP/1.0 200 OK\r\n\r\n"[..]);
+        let (_, _, v11) = parse_head(&mut buf).unwrap().unwrap();
+        assert!(!v11);
     }
 }

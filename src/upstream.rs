@@ -248,9 +248,11 @@ impl Deliverer {
         // Exchange error): the request may have reached the upstream first.
         let mut stream = match target.pool.take(UPSTREAM_IDLE) {
             Some(s) => s,
+            // Boxed: pingora's connect future is 8 KB, and inline it would be
+            // stored in every exchange's future, pooled connection or not, and
+            // copied at each `.await` up the call chain.
             None => {
-                self.transport
-                    .get_stream(&target.peer)
+                Box::pin(self.transport.get_stream(&target.peer))
                     .await
                     .map_err(|e| Attempt::Connect(classify(&e)))?
                     .0
