@@ -217,9 +217,14 @@ pub fn scan_with(body: &[u8], tape: bool) -> Result<Scan<'_>, ParseError> {
     if body.starts_with(&[0xEF, 0xBB, 0xBF]) {
         return err(0, "byte-order mark");
     }
-    let text = match std::str::from_utf8(body) {
+    // SIMD validation (simdutf8); the error's offset comes from its
+    // std-compatible variant, run only on a body that failed.
+    let text = match simdutf8::basic::from_utf8(body) {
         Ok(t) => t,
-        Err(e) => return err(e.valid_up_to(), "invalid UTF-8"),
+        Err(_) => {
+            let at = simdutf8::compat::from_utf8(body).map_or_else(|e| e.valid_up_to(), |_| 0);
+            return err(at, "invalid UTF-8");
+        }
     };
     let mut s = Scanner {
         b: body,
