@@ -32,7 +32,6 @@ const HEAP_UP_TO_BYTES: libc::c_int = 4 << 20;
 /// pairs); 900 KB 46-81 -> 0.1 faults and 1074-1300 -> 1008-1145 us (3 of
 /// 3); 2 KB never faulted and did not move. Resident memory after a burst of
 /// 900 KB bodies: 21.8 -> 23.4 MB, peak 25.1 -> 25.5, idle at start unchanged.
-/// `tests/gateway.rs` checks that a warm gateway takes no faults per request.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
 fn keep_freed_memory() {

@@ -254,41 +254,6 @@ fn bodies_of_every_size_arrive_intact() {
     }
 }
 
-/// Minor page faults of process `pid` so far (`/proc/PID/stat`, field 10).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn minor_faults(pid: i32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // The command name may hold spaces: count fields after its closing parenthesis.
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    rest.split(' ').nth(7).unwrap().parse().unwrap()
-}
-
-/// glibc gives the top of its heap back to the system once 128 KiB are free
-/// there, which a 64 KiB body's buffers are at the end of every request; the
-/// binary tells it to keep freed memory (src/main.rs), so a warm gateway does
-/// not fault the same pages in again for each large body.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-#[test]
-fn large_bodies_do_not_fault_memory_in_again_per_request() {
-    let up = Upstream::start(ok_answer());
-    let gw = Gateway::start(&config_for(&upstream_cfg(&up, "/in"), "", ""));
-    let body = payload(64 * 1024);
-    for _ in 0..30 {
-        assert_eq!(gw.post("/webhooks/crm", &body).status, 200);
-    }
-    let before = minor_faults(gw.pid());
-    let n = 200;
-    for _ in 0..n {
-        assert_eq!(gw.post("/webhooks/crm", &body).status, 200);
-    }
-    let faults = minor_faults(gw.pid()) - before;
-    assert!(
-        faults * 10 < n,
-        "{faults} page faults in {n} requests of 64 KiB once warm"
-    );
-    assert_eq!(up.count(), 30 + n as usize);
-}
-
 #[test]
 fn chunked_bodies_arrive_with_content_length() {
     let up = Upstream::start(ok_answer());
