@@ -14,7 +14,11 @@ fn main() -> std::process::ExitCode {
 /// Only memory the process has used is ever kept, so this bounds what stays
 /// resident after a burst, it does not reserve anything.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-const KEEP_FREED_BYTES: libc::c_int = 64 << 20;
+const KEEP_FREED_BYTES: libc::c_int = {
+    use hookgate::config::file::DEFAULT_MAX_INFLIGHT_BODY_BYTES as BUDGET;
+    assert!(BUDGET <= libc::c_int::MAX as u64);
+    BUDGET as libc::c_int
+};
 
 /// Allocations up to this size come from the heap (and are reused) instead of
 /// a fresh `mmap` each: a 2 MiB body's buffers and its tape.

@@ -307,8 +307,11 @@ fn default_max_header_bytes() -> usize {
 fn default_max_headers() -> usize {
     64
 }
+/// Default of `[limits] max_inflight_body_bytes` (64 MiB).
+pub const DEFAULT_MAX_INFLIGHT_BODY_BYTES: u64 = 64 * 1024 * 1024;
+
 fn default_max_inflight_body_bytes() -> u64 {
-    64 * 1024 * 1024
+    DEFAULT_MAX_INFLIGHT_BODY_BYTES
 }
 fn default_metrics_listen() -> String {
     "127.0.0.1:9464".into()
