@@ -16,6 +16,7 @@ pub mod access;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod fast_schema;
 pub mod framing;
 pub mod h1;
 pub mod headers;

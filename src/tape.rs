@@ -156,6 +156,46 @@ impl<'s> Tape<'s> {
         self.entries.get(idx as usize)
     }
 
+    /// A member name's length in bytes and its first eight bytes (fewer
+    /// when it is shorter, the rest zero) as a little-endian word: with the
+    /// length, it tells names of up to eight bytes apart in one compare.
+    #[inline]
+    pub(crate) fn key_word(&self, e: &Entry) -> (usize, u64) {
+        let (from, to) = (e.key.0 as usize, e.key.1 as usize);
+        let text = if e.key_escaped {
+            self.names.as_bytes()
+        } else {
+            self.src.as_bytes()
+        };
+        let len = to.saturating_sub(from);
+        // A name in the body is followed by at least its closing quote and a
+        // colon, so eight bytes can almost always be read at once.
+        let word = match text.get(from..from + 8) {
+            Some(w) => u64::from_le_bytes(w.try_into().unwrap_or([0; 8])),
+            None => name_word(text.get(from..to).unwrap_or_default()),
+        };
+        (
+            len,
+            if len >= 8 {
+                word
+            } else {
+                word & ((1u64 << (len * 8)) - 1)
+            },
+        )
+    }
+
+    /// A number's text, or a string's raw content (escapes as written).
+    #[inline]
+    pub(crate) fn raw(&self, span: (u32, u32)) -> &'s [u8] {
+        self.bytes(span)
+    }
+
+    /// A string entry's decoded text: what the schema validator sees.
+    #[inline]
+    pub(crate) fn string_text(&self, e: &Entry) -> Cow<'s, str> {
+        self.text(e.val, e.str_escaped)
+    }
+
     #[inline]
     fn bytes(&self, span: (u32, u32)) -> &'s [u8] {
         self.src
@@ -178,6 +218,15 @@ impl<'s> Tape<'s> {
             )
         }
     }
+}
+
+/// The first eight bytes of `name` (zero-padded) as a little-endian word.
+pub(crate) fn name_word(name: &[u8]) -> u64 {
+    let mut w = [0u8; 8];
+    for (d, s) in w.iter_mut().zip(name) {
+        *d = *s;
+    }
+    u64::from_le_bytes(w)
 }
 
 /// The representation marker for `jsonschema::options_for::<TapeJson>()`.
