@@ -95,6 +95,9 @@ struct Prop {
     /// told apart by these two compares.
     len: usize,
     word: u64,
+    /// Names of 9 to 16 bytes: their last eight bytes, so that the two
+    /// words tell them apart without a call to compare the rest.
+    last: u64,
     schema: Option<u32>,
 }
 
@@ -103,7 +106,11 @@ impl Prop {
     fn is(&self, len: usize, word: u64, name: &[u8]) -> bool {
         self.len == len
             && self.word == word
-            && (len <= 8 || self.name.as_bytes().get(8..) == name.get(8..))
+            && match len {
+                0..=8 => true,
+                9..=16 => last_word(name) == self.last,
+                _ => self.name.as_bytes().get(8..) == name.get(8..),
+            }
     }
 }
 
@@ -125,6 +132,71 @@ impl Node {
             additional: None,
             all: Vec::new(),
             any: Vec::new(),
+        }
+    }
+}
+
+impl Node {
+    /// `null`, `true` or `false` against type and literals.
+    #[inline]
+    fn literal_ok(&self, kind: Kind) -> bool {
+        let (bit, lit) = match kind {
+            Kind::Null => (T_NULL, Lit::Null),
+            Kind::True => (T_BOOLEAN, Lit::Bool(true)),
+            Kind::False => (T_BOOLEAN, Lit::Bool(false)),
+            _ => return false,
+        };
+        self.types & bit != 0 && self.one_of_lits.as_ref().is_none_or(|l| l.contains(&lit))
+    }
+
+    /// Whether a string needs its text looked at (literals or lengths).
+    #[inline]
+    fn checks_text(&self) -> bool {
+        self.one_of_lits.is_some() || self.min_len.is_some() || self.max_len.is_some()
+    }
+
+    /// A string's decoded text (the same text the full validator sees)
+    /// against literals and lengths; its type is checked by the caller.
+    fn text_ok(&self, text: &str) -> bool {
+        if let Some(lits) = &self.one_of_lits {
+            if !lits
+                .iter()
+                .any(|l| matches!(l, Lit::Str(s) if **s == *text))
+            {
+                return false;
+            }
+        }
+        if self.min_len.is_some() || self.max_len.is_some() {
+            // JSON Schema counts code points: every byte but UTF-8's
+            // continuation bytes starts one.
+            let chars = text.bytes().filter(|&b| (b as i8) >= -0x40).count() as u64;
+            if self.min_len.is_some_and(|m| chars < m) || self.max_len.is_some_and(|m| chars > m) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// A number, by its text, against type, literals and bounds.
+    #[inline]
+    fn number_ok(&self, text: &[u8]) -> bool {
+        let type_ok = self.types & T_NUMBER != 0
+            || (self.types & T_INTEGER != 0
+                // Only integers written without a fraction or exponent are
+                // shown to be integers here (1.0 is left to jsonschema).
+                && !text.iter().any(|&c| matches!(c, b'.' | b'e' | b'E')));
+        type_ok
+            && self.one_of_lits.is_none()
+            && self.min.is_none_or(|b| above(text, b))
+            && self.max.is_none_or(|b| below(text, b))
+    }
+
+    /// The property a member name (decoded) is, trying `hint` first.
+    #[inline]
+    fn prop(&self, len: usize, word: u64, name: &[u8], hint: usize) -> Option<usize> {
+        match self.props.get(hint) {
+            Some(p) if p.is(len, word, name) => Some(hint),
+            _ => self.props.iter().position(|p| p.is(len, word, name)),
         }
     }
 }
@@ -339,6 +411,16 @@ fn skip_pure_refs(nodes: &mut [Node], root: u32) -> u32 {
     resolve(root)
 }
 
+/// The last eight bytes of a name of at least eight bytes (0 otherwise).
+#[inline]
+fn last_word(name: &[u8]) -> u64 {
+    name.len()
+        .checked_sub(8)
+        .and_then(|from| name.get(from..))
+        .and_then(|w| w.try_into().ok())
+        .map_or(0, u64::from_le_bytes)
+}
+
 /// Index of `name` in `props`, adding it if new; a schema replaces none.
 fn upsert(props: &mut Vec<Prop>, name: &str, schema: Option<u32>) -> usize {
     if let Some(at) = props.iter().position(|p| &*p.name == name) {
@@ -351,6 +433,7 @@ fn upsert(props: &mut Vec<Prop>, name: &str, schema: Option<u32>) -> usize {
         name: name.into(),
         len: name.len(),
         word: name_word(name.as_bytes()),
+        last: last_word(name.as_bytes()),
         schema,
     });
     props.len() - 1
@@ -485,70 +568,20 @@ impl Walk<'_, '_> {
             return false;
         }
         let ok = match e.kind {
-            Kind::Null => node.types & T_NULL != 0 && self.lits_allow(node, e),
-            Kind::True | Kind::False => node.types & T_BOOLEAN != 0 && self.lits_allow(node, e),
-            Kind::String => node.types & T_STRING != 0 && self.string(node, e),
-            Kind::Number => node.one_of_lits.is_none() && self.number(node, e),
+            Kind::String => {
+                node.types & T_STRING != 0
+                    && (!node.checks_text() || node.text_ok(&self.tape.string_text(e)))
+            }
+            Kind::Number => node.number_ok(self.tape.raw(e.val)),
             Kind::Array => node.one_of_lits.is_none() && self.array(node, e, idx, depth),
             Kind::Object => node.one_of_lits.is_none() && self.object(node, e, idx, depth),
+            kind => node.literal_ok(kind),
         };
         ok && node.all.iter().all(|&a| self.valid(a, e, idx, depth + 1))
             && node
                 .any
                 .iter()
                 .all(|group| group.iter().any(|&a| self.valid(a, e, idx, depth + 1)))
-    }
-
-    fn lits_allow(&self, node: &Node, e: &Entry) -> bool {
-        let Some(lits) = &node.one_of_lits else {
-            return true;
-        };
-        let want = match e.kind {
-            Kind::Null => Lit::Null,
-            Kind::True => Lit::Bool(true),
-            Kind::False => Lit::Bool(false),
-            _ => return false,
-        };
-        lits.contains(&want)
-    }
-
-    #[inline]
-    fn string(&self, node: &Node, e: &Entry) -> bool {
-        if node.one_of_lits.is_none() && node.min_len.is_none() && node.max_len.is_none() {
-            return true;
-        }
-        // The same decoded text the full validator sees.
-        let text = self.tape.string_text(e);
-        if let Some(lits) = &node.one_of_lits {
-            if !lits
-                .iter()
-                .any(|l| matches!(l, Lit::Str(s) if **s == *text))
-            {
-                return false;
-            }
-        }
-        if node.min_len.is_some() || node.max_len.is_some() {
-            // JSON Schema counts code points: every byte but UTF-8's
-            // continuation bytes starts one.
-            let chars = text.bytes().filter(|&b| (b as i8) >= -0x40).count() as u64;
-            if node.min_len.is_some_and(|m| chars < m) || node.max_len.is_some_and(|m| chars > m) {
-                return false;
-            }
-        }
-        true
-    }
-
-    #[inline]
-    fn number(&self, node: &Node, e: &Entry) -> bool {
-        let text = self.tape.raw(e.val);
-        let type_ok = node.types & T_NUMBER != 0
-            || (node.types & T_INTEGER != 0
-                // Only integers written without a fraction or exponent are
-                // shown to be integers here (1.0 is left to jsonschema).
-                && !text.iter().any(|&c| matches!(c, b'.' | b'e' | b'E')));
-        type_ok
-            && node.min.is_none_or(|b| above(text, b))
-            && node.max.is_none_or(|b| below(text, b))
     }
 
     fn array(&self, node: &Node, e: &Entry, idx: u32, depth: u32) -> bool {
@@ -581,7 +614,6 @@ impl Walk<'_, '_> {
             return false;
         }
         let entries = self.tape.entries();
-        let props = &node.props;
         let mut found = 0u64;
         // Members mostly come in the order of the schema's `properties`
         // (sorted by name here) or in one the sender keeps for every object
@@ -594,10 +626,7 @@ impl Walk<'_, '_> {
             };
             let (len, word) = self.tape.key_word(child);
             let name = self.tape.key_name(child).as_bytes();
-            let hit = match props.get(next) {
-                Some(p) if p.is(len, word, name) => Some(next),
-                _ => props.iter().position(|p| p.is(len, word, name)),
-            };
+            let hit = node.prop(len, word, name, next);
             if let Some(i) = hit {
                 next = i + 1;
             }
