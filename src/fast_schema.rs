@@ -26,7 +26,8 @@
 //! transcript chunk of the 64 KB load payload (callgrind), about half of the
 //! inspection stage; this walk needs a fraction of that (README, "Performance").
 
-use crate::tape::{name_word, Entry, Kind, Tape};
+use crate::json::word_at;
+use crate::tape::{Entry, Kind, Tape};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 
@@ -432,7 +433,7 @@ fn upsert(props: &mut Vec<Prop>, name: &str, schema: Option<u32>) -> usize {
     props.push(Prop {
         name: name.into(),
         len: name.len(),
-        word: name_word(name.as_bytes()),
+        word: word_at(name.as_bytes(), 0),
         last: last_word(name.as_bytes()),
         schema,
     });
@@ -572,7 +573,7 @@ impl Walk<'_, '_> {
                 node.types & T_STRING != 0
                     && (!node.checks_text() || node.text_ok(&self.tape.string_text(e)))
             }
-            Kind::Number => node.number_ok(self.tape.raw(e.val)),
+            Kind::Number => node.number_ok(self.tape.bytes(e.val)),
             Kind::Array => node.one_of_lits.is_none() && self.array(node, e, idx, depth),
             Kind::Object => node.one_of_lits.is_none() && self.object(node, e, idx, depth),
             kind => node.literal_ok(kind),

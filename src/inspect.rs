@@ -88,12 +88,6 @@ impl Schema {
     pub fn id(&self) -> &str {
         &self.id
     }
-
-    /// Whether valid documents are accepted by the quick check
-    /// ([`crate::fast_schema`]) before the full validator is asked.
-    pub fn has_quick_check(&self) -> bool {
-        self.fast.is_some()
-    }
 }
 
 /// Read and compile a schema file. Only local content is used: with no

@@ -130,11 +130,17 @@ struct KeyRef {
 /// `memcpy` call and a stalled load, a quarter of the time spent on member names.
 #[inline(always)]
 fn fingerprint(b: &[u8], raw: Range<usize>) -> u64 {
-    let word = match b.get(raw.start..).and_then(|t| t.first_chunk::<8>()) {
+    name_fingerprint(word_at(b, raw.start), raw.end.wrapping_sub(raw.start))
+}
+
+/// The eight bytes of `b` from `start` as a little-endian word, zero-padded
+/// when fewer remain (a member name's first bytes, read in one load).
+#[inline(always)]
+pub(crate) fn word_at(b: &[u8], start: usize) -> u64 {
+    match b.get(start..).and_then(|t| t.first_chunk::<8>()) {
         Some(w) => u64::from_le_bytes(*w),
-        None => fingerprint_word_at_end(b, raw.start),
-    };
-    name_fingerprint(word, raw.end.wrapping_sub(raw.start))
+        None => fingerprint_word_at_end(b, start),
+    }
 }
 
 /// The fingerprint of a `len`-byte name whose first bytes are `word` (the

@@ -170,10 +170,7 @@ impl<'s> Tape<'s> {
         let len = to.saturating_sub(from);
         // A name in the body is followed by at least its closing quote and a
         // colon, so eight bytes can almost always be read at once.
-        let word = match text.get(from..from + 8) {
-            Some(w) => u64::from_le_bytes(w.try_into().unwrap_or([0; 8])),
-            None => name_word(text.get(from..to).unwrap_or_default()),
-        };
+        let word = crate::json::word_at(text, from);
         (
             len,
             if len >= 8 {
@@ -184,20 +181,16 @@ impl<'s> Tape<'s> {
         )
     }
 
-    /// A number's text, or a string's raw content (escapes as written).
-    #[inline]
-    pub(crate) fn raw(&self, span: (u32, u32)) -> &'s [u8] {
-        self.bytes(span)
-    }
-
     /// A string entry's decoded text: what the schema validator sees.
     #[inline]
     pub(crate) fn string_text(&self, e: &Entry) -> Cow<'s, str> {
         self.text(e.val, e.str_escaped)
     }
 
+    /// The body's bytes in `span`: a number's text, or a string's raw
+    /// content (escapes as written).
     #[inline]
-    fn bytes(&self, span: (u32, u32)) -> &'s [u8] {
+    pub(crate) fn bytes(&self, span: (u32, u32)) -> &'s [u8] {
         self.src
             .as_bytes()
             .get(span.0 as usize..span.1 as usize)
@@ -218,15 +211,6 @@ impl<'s> Tape<'s> {
             )
         }
     }
-}
-
-/// The first eight bytes of `name` (zero-padded) as a little-endian word.
-pub(crate) fn name_word(name: &[u8]) -> u64 {
-    let mut w = [0u8; 8];
-    for (d, s) in w.iter_mut().zip(name) {
-        *d = *s;
-    }
-    u64::from_le_bytes(w)
 }
 
 /// The representation marker for `jsonschema::options_for::<TapeJson>()`.
