@@ -27,7 +27,7 @@
 //! inspection stage; this walk needs a fraction of that (README, "Performance").
 
 use crate::json::word_at;
-use crate::tape::{Entry, Kind, Tape};
+use crate::tape::{children, Entry, Kind, Tape};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 
@@ -350,8 +350,6 @@ impl Compiler<'_> {
                 _ => return Err(Unsupported),
             }
         }
-        // `required` names are found among `props`; keep `properties` first
-        // for lookups, as compiled (a property's schema replaces a bare name).
         Ok(n)
     }
 }
@@ -395,9 +393,6 @@ fn skip_pure_refs(nodes: &mut [Node], root: u32) -> u32 {
         }
         node.items = node.items.map(resolve);
         node.additional = node.additional.map(resolve);
-        if targets.iter().all(Option::is_none) {
-            continue;
-        }
         if pure(node).is_none() {
             for a in &mut node.all {
                 *a = resolve(*a);
@@ -575,7 +570,7 @@ impl Walk<'_, '_> {
             }
             Kind::Number => node.number_ok(self.tape.bytes(e.val)),
             Kind::Array => node.one_of_lits.is_none() && self.array(node, e, idx, depth),
-            Kind::Object => node.one_of_lits.is_none() && self.object(node, e, idx, depth),
+            Kind::Object => node.one_of_lits.is_none() && self.object(node, idx, depth),
             kind => node.literal_ok(kind),
         };
         ok && node.all.iter().all(|&a| self.valid(a, e, idx, depth + 1))
@@ -596,35 +591,19 @@ impl Walk<'_, '_> {
         let Some(items) = node.items else {
             return true;
         };
-        let entries = self.tape.entries();
-        let mut at = idx + 1;
-        while at < e.end {
-            let Some(child) = entries.get(at as usize) else {
-                return false;
-            };
-            if !self.valid(items, child, at, depth + 1) {
-                return false;
-            }
-            at = child.end.max(at + 1);
-        }
-        true
+        children(self.tape, idx).all(|(child, at)| self.valid(items, child, at, depth + 1))
     }
 
-    fn object(&self, node: &Node, e: &Entry, idx: u32, depth: u32) -> bool {
+    fn object(&self, node: &Node, idx: u32, depth: u32) -> bool {
         if node.types & T_OBJECT == 0 {
             return false;
         }
-        let entries = self.tape.entries();
         let mut found = 0u64;
         // Members mostly come in the order of the schema's `properties`
         // (sorted by name here) or in one the sender keeps for every object
         // of a kind: the one after the last match is tried first.
         let mut next = 0;
-        let mut at = idx + 1;
-        while at < e.end {
-            let Some(child) = entries.get(at as usize) else {
-                return false;
-            };
+        for (child, at) in children(self.tape, idx) {
             let (len, word) = self.tape.key_word(child);
             let name = self.tape.key_name(child).as_bytes();
             let hit = node.prop(len, word, name, next);
@@ -646,7 +625,6 @@ impl Walk<'_, '_> {
                     return false;
                 }
             }
-            at = child.end.max(at + 1);
         }
         found & node.required == node.required
     }

@@ -272,7 +272,7 @@ impl<'a> Iterator for Children<'a> {
 }
 
 #[inline]
-fn children<'a>(tape: &'a Tape<'a>, idx: u32) -> Children<'a> {
+pub(crate) fn children<'a>(tape: &'a Tape<'a>, idx: u32) -> Children<'a> {
     let end = tape.entry(idx).map_or(idx, |e| e.end);
     Children {
         tape,
