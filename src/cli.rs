@@ -184,7 +184,7 @@ fn run(path: &std::path::Path, fmt: Option<LogFormat>) -> ExitCode {
     };
     let out = crate::log::LogOutput::new(cfg.log_buffer_bytes, cfg.log_flush);
     crate::log::init(&cfg.log_level, json, out);
-    let code = match crate::server::run(&cfg) {
+    let code = match crate::server::run(cfg) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");

@@ -23,6 +23,7 @@ pub mod headers;
 pub mod inspect;
 pub mod json;
 pub mod lifecycle;
+pub mod listen;
 pub mod log;
 pub mod metrics;
 pub mod proxy;

@@ -4,6 +4,7 @@
 
 use crate::config::Config;
 use crate::lifecycle::{Lifecycle, Signals};
+use crate::listen::{self, Reservation};
 use crate::metrics::Metrics;
 use crate::proxy::{AdmissionFilter, ConnectionLimit, Gateway};
 use crate::spool::worker::{RouteWorker, SpoolService};
@@ -43,6 +44,7 @@ pub fn build(
     cfg: &Config,
     metrics: Arc<Metrics>,
     lifecycle: Arc<Lifecycle>,
+    held: Reservation,
 ) -> Result<Server, StartError> {
     // hookgate drains itself (lifecycle::Signals) and exits when idle; pingora's
     // grace only bounds it.
@@ -57,27 +59,48 @@ pub fn build(
     server.bootstrap();
     services(cfg, metrics, lifecycle.clone())?.add_to(&mut server);
 
-    // Ready once pingora runs and every public listener is bound. pingora binds
-    // inside its service runtimes and panics there if it cannot: a gateway that is
-    // not listening after a few seconds exits instead of idling.
+    // Ready once pingora runs and this process listens on every address.
+    // pingora binds inside its service runtimes (retrying an address in use for
+    // half a minute): a gateway that is not listening after a few seconds exits
+    // instead of idling. The held port-0 ports are released once it listens.
     let mut phases = server.watch_execution_phase();
     let lc = lifecycle.clone();
+    let public: Vec<String> = cfg.server.listen.iter().map(|a| a.to_string()).collect();
+    let metrics_addr = cfg.metrics_listen;
     let mut wanted: Vec<u16> = cfg.server.listen.iter().map(|a| a.port()).collect();
-    wanted.push(cfg.metrics_listen.port());
+    wanted.push(metrics_addr.port());
     std::thread::spawn(move || {
         while let Ok(phase) = phases.blocking_recv() {
             if matches!(phase, ExecutionPhase::Running) {
                 let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
-                while !wanted.iter().all(|p| is_listening(*p)) {
+                loop {
+                    let missing: Vec<u16> = match listen::own_listening_ports() {
+                        Some(own) => wanted
+                            .iter()
+                            .copied()
+                            .filter(|p| !own.contains(p))
+                            .collect(),
+                        None => Vec::new(),
+                    };
+                    if missing.is_empty() {
+                        break;
+                    }
                     if std::time::Instant::now() > end {
-                        tracing::error!("listeners did not come up; exiting");
+                        tracing::error!(
+                            "not listening on port(s) {missing:?} after 5 s (in use by another program?); exiting"
+                        );
                         crate::log::flush();
                         std::process::exit(1);
                     }
                     std::thread::sleep(std::time::Duration::from_millis(5));
                 }
+                drop(held);
                 lc.set_ready();
-                tracing::info!("ready");
+                tracing::info!(
+                    "ready; public listener(s) {}; metrics listener {metrics_addr}",
+                    public.join(", ")
+                );
+                return;
             }
         }
     });
@@ -190,53 +213,28 @@ pub fn services(
     })
 }
 
-/// Whether a TCP socket of this process's network namespace listens on `port`
-/// (Linux: `/proc/net/tcp{,6}`; elsewhere assumed true).
-fn is_listening(port: u16) -> bool {
-    let needle = format!(":{port:04X} ");
-    let mut any_file = false;
-    for f in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(f) else {
-            continue;
-        };
-        any_file = true;
-        // sl local_address rem_address st ...; st 0A = LISTEN
-        if text.lines().skip(1).any(|l| {
-            let mut cols = l.split_whitespace().skip(1);
-            let local = cols.next().unwrap_or("");
-            let state = cols.nth(1).unwrap_or("");
-            state == "0A" && format!("{local} ").ends_with(&needle)
-        }) {
-            return true;
-        }
-    }
-    !any_file
-}
-
-/// Fail early and clearly when an address cannot be bound (in use, no permission).
-pub fn check_bindable(cfg: &Config) -> Result<(), StartError> {
-    let all = cfg
-        .server
-        .listen
-        .iter()
-        .chain(std::iter::once(&cfg.metrics_listen));
-    for addr in all {
-        if let Err(e) = std::net::TcpListener::bind(addr) {
-            return Err(StartError::Listener {
-                addr: addr.to_string(),
-                reason: e.to_string(),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// Run the gateway until a signal stops it.
-pub fn run(cfg: &Config) -> Result<(), StartError> {
+/// Run the gateway until a signal stops it. Addresses given with port 0 get a
+/// free port each, named in the log.
+pub fn run(mut cfg: Config) -> Result<(), StartError> {
     let metrics = Arc::new(Metrics::new());
     let lifecycle = Arc::new(Lifecycle::new());
-    check_bindable(cfg)?;
-    let server = build(cfg, metrics, lifecycle.clone())?;
+    let listener_error = |(addr, e): (std::net::SocketAddr, std::io::Error)| StartError::Listener {
+        addr: addr.to_string(),
+        reason: e.to_string(),
+    };
+    let held = {
+        let mut addrs: Vec<&mut std::net::SocketAddr> = cfg
+            .server
+            .listen
+            .iter_mut()
+            .chain(std::iter::once(&mut cfg.metrics_listen))
+            .collect();
+        listen::reserve(&mut addrs).map_err(listener_error)?
+    };
+    let cfg = cfg;
+    listen::check_bindable(cfg.server.listen.iter().chain([&cfg.metrics_listen]))
+        .map_err(listener_error)?;
+    let server = build(&cfg, metrics, lifecycle.clone(), held)?;
     tracing::info!("hookgate {} starting", env!("CARGO_PKG_VERSION"));
     for line in cfg.summary().lines() {
         tracing::info!("{line}");

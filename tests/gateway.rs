@@ -880,7 +880,8 @@ fn broken_upstream_responses_are_502() {
 fn buffered_access_lines_wait_then_go_out_before_warnings_and_at_exit() {
     let up = Upstream::start(ok_answer());
     // Only access lines at info, so "draining" and "drained" are not logged and
-    // the exit path's own flush is what writes the last lines.
+    // the exit path's own flush is what writes the last lines. (And the
+    // server's own lines: the harness reads the gateway's ports from "ready".)
     let dead = r#"
 [[route]]
 name = "dead"
@@ -892,7 +893,7 @@ timeout_ms = 1000
     let config = |route: &str, flush_ms: u32| {
         config_for(&upstream_cfg(&up, "/in"), route, "").replace(
             "[limits]",
-            &format!("[log]\nlevel = \"warn,hookgate::access=info\"\nbuffer_bytes = 65536\nflush_ms = {flush_ms}\n\n[limits]"),
+            &format!("[log]\nlevel = \"warn,hookgate::access=info,hookgate::server=info\"\nbuffer_bytes = 65536\nflush_ms = {flush_ms}\n\n[limits]"),
         )
     };
     let mut gw = Gateway::start(&config(dead, 60_000));
@@ -952,9 +953,12 @@ timeout_ms = 1000
 #[test]
 fn log_level_from_config_and_rust_log() {
     let up = Upstream::start(ok_answer());
-    // [log] level = "warn": no access lines.
-    let cfg = config_for(&upstream_cfg(&up, "/in"), "", "")
-        .replace("[limits]", "[log]\nlevel = \"warn\"\n\n[limits]");
+    // [log] level = "warn": no access lines. (The server's own lines at info:
+    // the harness reads the gateway's ports from "ready".)
+    let cfg = config_for(&upstream_cfg(&up, "/in"), "", "").replace(
+        "[limits]",
+        "[log]\nlevel = \"warn,hookgate::server=info\"\n\n[limits]",
+    );
     let gw = Gateway::start(&cfg);
     assert_eq!(gw.post("/webhooks/crm", &payload(0)).status, 200);
     std::thread::sleep(Duration::from_millis(200));

@@ -632,7 +632,7 @@ impl Builder<'_> {
         // [metrics]
         let metrics_listen = self.socket_addr("metrics.listen", &fc.metrics.listen);
         if let Some(m) = metrics_listen {
-            if listen.contains(&m) {
+            if m.port() != 0 && listen.contains(&m) {
                 self.err("metrics.listen", "must differ from every server.listen address: metrics are never served on the public listener");
             }
         }

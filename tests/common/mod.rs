@@ -609,18 +609,15 @@ impl Gateway {
         files: &[(&str, &[u8])],
         args: &[&str],
     ) -> Gateway {
-        // A free port can be taken by someone else before the gateway binds it:
-        // try again with new ports when that is why it stopped.
-        for _ in 0..4 {
-            match Self::try_start(config, env, host, config_rel, files, args) {
-                Ok(gw) => return gw,
-                Err(log) if log.contains("cannot set up listener") => continue,
-                Err(log) => panic!("hookgate did not start: {log}"),
-            }
+        match Self::try_start(config, env, host, config_rel, files, args) {
+            Ok(gw) => gw,
+            Err(log) => panic!("hookgate did not start: {log}"),
         }
-        panic!("hookgate could not bind free ports");
     }
 
+    /// The gateway listens on port 0 (a free port it picks and holds) and says
+    /// which ports it got in its "ready" line: no port is chosen here and then
+    /// bound by the gateway later, which another test could take in between.
     fn try_start(
         config: &str,
         env: &[(&str, &str)],
@@ -635,22 +632,14 @@ impl Gateway {
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(p, content).unwrap();
         }
-        let port = free_port();
-        let mport = free_port();
         let listen = if host.contains(':') {
-            format!("[{host}]:{port}")
+            format!("[{host}]:0")
         } else {
-            format!("{host}:{port}")
+            format!("{host}:0")
         };
-        let addr: SocketAddr = if host == "::" {
-            format!("127.0.0.1:{port}").parse().unwrap()
-        } else {
-            listen.parse().unwrap()
-        };
-        let metrics: SocketAddr = format!("127.0.0.1:{mport}").parse().unwrap();
         let text = config
             .replace("{LISTEN}", &listen)
-            .replace("{METRICS}", &metrics.to_string())
+            .replace("{METRICS}", "127.0.0.1:0")
             .replace("{SCHEMA}", &schema_path())
             .replace("{DIR}", &dir.path().display().to_string());
         let cfg = dir.path().join(config_rel);
@@ -670,27 +659,42 @@ impl Gateway {
             cmd.env(k, v);
         }
         let child = cmd.spawn().unwrap();
+        let unknown: SocketAddr = "0.0.0.0:0".parse().unwrap();
         let mut gw = Gateway {
             child,
-            addr,
-            metrics,
+            addr: unknown,
+            metrics: unknown,
             dir,
             log_path,
         };
-        gw.wait_ready()?;
+        gw.wait_ready(host == "::")?;
         Ok(gw)
     }
 
-    fn wait_ready(&mut self) -> Result<(), String> {
+    /// Wait for the "ready" line, take the addresses from it, and check that
+    /// /readyz on the metrics address agrees.
+    fn wait_ready(&mut self, any_v6: bool) -> Result<(), String> {
         let end = Instant::now() + Duration::from_secs(20);
         while Instant::now() < end {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(format!("exited early ({status}): {}", self.log()));
             }
-            if let Ok(r) = http_get(self.metrics, "/readyz") {
-                if r.status == 200 {
-                    return Ok(());
-                }
+            if let Some((public, metrics)) = ready_addresses(&self.log()) {
+                // "[::]:P" takes IPv4 connections too; tests connect over 127.0.0.1.
+                self.addr = if any_v6 {
+                    SocketAddr::from(([127, 0, 0, 1], public.port()))
+                } else {
+                    public
+                };
+                self.metrics = metrics;
+                return match http_get(self.metrics, "/readyz") {
+                    Ok(r) if r.status == 200 => Ok(()),
+                    other => Err(format!(
+                        "logged ready but /readyz said {:?}: {}",
+                        other.map(|r| r.status),
+                        self.log()
+                    )),
+                };
             }
             thread::sleep(Duration::from_millis(20));
         }
@@ -757,6 +761,19 @@ impl Drop for Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The first public address and the metrics address of a gateway's log line
+/// "ready; public listener(s) A[, B…]; metrics listener M" (text or JSON logs).
+pub fn ready_addresses(log: &str) -> Option<(SocketAddr, SocketAddr)> {
+    let rest = log.split("ready; public listener(s) ").nth(1)?;
+    let (public, rest) = rest.split_once("; metrics listener ")?;
+    let first = public.split(", ").next()?.parse().ok()?;
+    let metrics: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']'))
+        .collect();
+    Some((first, metrics.parse().ok()?))
 }
 
 /// A standard one-route config in front of `upstream`.
