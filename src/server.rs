@@ -12,6 +12,7 @@ use crate::spool::Spool;
 use crate::upstream::Deliverer;
 use async_trait::async_trait;
 use pingora::apps::http_app::{HttpServer, ServeHttp};
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::protocols::http::ServerSession;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{ExecutionPhase, RunArgs, Server};
@@ -191,7 +192,14 @@ pub fn services(
                     addr: a.clone(),
                     reason: e.to_string(),
                 })?,
-            None => public.add_tcp(&a),
+            // No read buffer under plain HTTP: pingora reads the head and
+            // then each body straight into its own buffers, instead of every
+            // byte going through a 64 KiB buffer per connection and being
+            // copied out of it. (TLS keeps it: rustls reads in small records.)
+            None => public.add_listener(ListenerConfig::tcp(&a).l4_buffer(L4BufferSettings {
+                read: Some(0),
+                write: None,
+            })),
         }
     }
     if !cfg.access.has_trusted_proxies() {
