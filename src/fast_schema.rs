@@ -87,6 +87,9 @@ struct Node {
     all: Vec<u32>,
     /// `anyOf` groups: at least one of each.
     any: Vec<Vec<u32>>,
+    /// Neither `never` nor `all`/`any` to follow: a string, number or literal
+    /// is checked by [`Node::leaf_ok`] alone, without a call per value.
+    plain: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -133,6 +136,7 @@ impl Node {
             additional: None,
             all: Vec::new(),
             any: Vec::new(),
+            plain: false,
         }
     }
 }
@@ -230,6 +234,9 @@ impl FastSchema {
         c.pointer("").ok()?;
         let mut nodes = c.nodes;
         let root = skip_pure_refs(&mut nodes, 0);
+        for n in &mut nodes {
+            n.plain = !n.never && n.all.is_empty() && n.any.is_empty();
+        }
         Some(FastSchema { nodes, root })
     }
 
@@ -564,20 +571,41 @@ impl Walk<'_, '_> {
             return false;
         }
         let ok = match e.kind {
-            Kind::String => {
-                node.types & T_STRING != 0
-                    && (!node.checks_text() || node.text_ok(&self.tape.string_text(e)))
-            }
-            Kind::Number => node.number_ok(self.tape.bytes(e.val)),
             Kind::Array => node.one_of_lits.is_none() && self.array(node, e, idx, depth),
             Kind::Object => node.one_of_lits.is_none() && self.object(node, idx, depth),
-            kind => node.literal_ok(kind),
+            _ => self.leaf_ok(node, e),
         };
         ok && node.all.iter().all(|&a| self.valid(a, e, idx, depth + 1))
             && node
                 .any
                 .iter()
                 .all(|group| group.iter().any(|&a| self.valid(a, e, idx, depth + 1)))
+    }
+
+    /// A string, number or literal against the checks of `node` itself
+    /// (not its `allOf`/`anyOf`).
+    #[inline(always)]
+    fn leaf_ok(&self, node: &Node, e: &Entry) -> bool {
+        match e.kind {
+            Kind::String => {
+                node.types & T_STRING != 0
+                    && (!node.checks_text() || node.text_ok(&self.tape.string_text(e)))
+            }
+            Kind::Number => node.number_ok(self.tape.bytes(e.val)),
+            kind => node.literal_ok(kind),
+        }
+    }
+
+    /// `valid` for a child value: scalars against plain nodes are checked
+    /// here, inline; everything else takes the call.
+    #[inline(always)]
+    fn child_valid(&self, n: u32, e: &Entry, idx: u32, depth: u32) -> bool {
+        match self.s.nodes.get(n as usize) {
+            Some(node) if node.plain && !matches!(e.kind, Kind::Array | Kind::Object) => {
+                self.leaf_ok(node, e)
+            }
+            _ => self.valid(n, e, idx, depth),
+        }
     }
 
     fn array(&self, node: &Node, e: &Entry, idx: u32, depth: u32) -> bool {
@@ -591,7 +619,7 @@ impl Walk<'_, '_> {
         let Some(items) = node.items else {
             return true;
         };
-        children(self.tape, idx).all(|(child, at)| self.valid(items, child, at, depth + 1))
+        children(self.tape, idx).all(|(child, at)| self.child_valid(items, child, at, depth + 1))
     }
 
     fn object(&self, node: &Node, idx: u32, depth: u32) -> bool {
@@ -621,7 +649,7 @@ impl Walk<'_, '_> {
                 None => node.additional,
             };
             if let Some(s) = schema {
-                if !self.valid(s, child, at, depth + 1) {
+                if !self.child_valid(s, child, at, depth + 1) {
                     return false;
                 }
             }
