@@ -1351,6 +1351,25 @@ mod tests {
     }
 
     #[test]
+    fn port_zero_may_serve_both_listeners_but_a_fixed_port_may_not() {
+        let route =
+            "[[route]]\nname = \"crm\"\npath = \"/hook\"\nupstream = \"http://127.0.0.1:9/x\"\n";
+        let with = |public: &str, metrics: &str| {
+            errors(&format!(
+                "[server]\nlisten = [\"{public}\"]\n[metrics]\nlisten = \"{metrics}\"\n{route}"
+            ))
+        };
+        // Two port-0 addresses are two different free ports.
+        assert_eq!(with("127.0.0.1:0", "127.0.0.1:0"), Vec::<String>::new());
+        let same = with("127.0.0.1:9464", "127.0.0.1:9464");
+        assert!(
+            same.iter()
+                .any(|e| e.contains("metrics.listen") && e.contains("must differ")),
+            "{same:?}"
+        );
+    }
+
+    #[test]
     fn access_log_buffer_settings() {
         let load = |log: &str| {
             load_str(
