@@ -609,23 +609,10 @@ impl Gateway {
         files: &[(&str, &[u8])],
         args: &[&str],
     ) -> Gateway {
-        match Self::try_start(config, env, host, config_rel, files, args) {
-            Ok(gw) => gw,
-            Err(log) => panic!("hookgate did not start: {log}"),
-        }
-    }
-
-    /// The gateway listens on port 0 (a free port it picks and holds) and says
-    /// which ports it got in its "ready" line: no port is chosen here and then
-    /// bound by the gateway later, which another test could take in between.
-    fn try_start(
-        config: &str,
-        env: &[(&str, &str)],
-        host: &str,
-        config_rel: &str,
-        files: &[(&str, &[u8])],
-        args: &[&str],
-    ) -> Result<Gateway, String> {
+        // The gateway listens on port 0 (a free port it picks and holds) and
+        // says which ports it got in its "ready" line: no port is chosen here
+        // and then bound by the gateway later, which another test could take
+        // in between.
         let dir = tempfile::tempdir().unwrap();
         for (rel, content) in files {
             let p = dir.path().join(rel);
@@ -667,8 +654,10 @@ impl Gateway {
             dir,
             log_path,
         };
-        gw.wait_ready(host == "::")?;
-        Ok(gw)
+        if let Err(log) = gw.wait_ready(host == "::") {
+            panic!("hookgate did not start: {log}");
+        }
+        gw
     }
 
     /// Wait for the "ready" line, take the addresses from it, and check that
