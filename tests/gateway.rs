@@ -974,3 +974,38 @@ fn log_level_from_config_and_rust_log() {
         gw.log()
     );
 }
+
+#[test]
+fn a_port_taken_by_another_program_stops_the_start_with_its_address() {
+    // Another program already listens on the public address: the gateway
+    // names the address and exits at once, instead of calling itself ready.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let up = Upstream::start(ok_answer());
+    let dir = tempfile::tempdir().unwrap();
+    let cfg_path = dir.path().join("hookgate.toml");
+    std::fs::write(
+        &cfg_path,
+        config_for(&upstream_cfg(&up, "/in"), "", "")
+            .replace("{LISTEN}", &addr.to_string())
+            .replace("{METRICS}", "127.0.0.1:0")
+            .replace("{SCHEMA}", &schema_path()),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookgate"))
+        .args(["run", "-c"])
+        .arg(&cfg_path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot set up listener {addr}")),
+        "{err}"
+    );
+    assert!(!err.contains("ready;"), "{err}");
+    assert_eq!(up.count(), 0);
+    drop(taken);
+}
