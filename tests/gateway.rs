@@ -792,7 +792,25 @@ fn every_upstream_response_framing_is_passed_back() {
             close,
         })
     };
+    // Answers larger than the client's first read (1 KiB): a long head, and
+    // bodies of 300 KB sized and chunked, read over many growing reads.
+    let big: Vec<u8> = (0..300_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let mut sized = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n", big.len()).into_bytes();
+    for i in 0..40 {
+        sized.extend_from_slice(format!("X-Long-{i}: {}\r\n", "v".repeat(60)).as_bytes());
+    }
+    sized.extend_from_slice(b"\r\n");
+    sized.extend_from_slice(&big);
+    let mut chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for part in big.chunks(7_000) {
+        chunked.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+        chunked.extend_from_slice(part);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
     let cases: Vec<(&str, Upstream, u16, &[u8], bool)> = vec![
+        ("large, long head", raw_up(&sized, false), 200, &big, true),
+        ("large, chunked", raw_up(&chunked, false), 200, &big, true),
         (
             "chunked",
             raw_up(b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\nX-U: c\r\n\r\n4\r\n{\"a\"\r\n5;ext=1\r\n:true\r\n1\r\n}\r\n0\r\nX-Trailer: t\r\n\r\n", false),
@@ -816,6 +834,9 @@ fn every_upstream_response_framing_is_passed_back() {
                 "{what}: {r:?}"
             );
             assert_eq!(r.header("transfer-encoding"), None, "{what}");
+            if what == "large, long head" {
+                assert_eq!(r.header("x-long-39"), Some("v".repeat(60).as_str()));
+            }
         }
         let conns = up.connections.load(std::sync::atomic::Ordering::SeqCst);
         if reuses {
