@@ -239,7 +239,6 @@ pub fn run(mut cfg: Config) -> Result<(), StartError> {
             .collect();
         listen::reserve(&mut addrs).map_err(listener_error)?
     };
-    let cfg = cfg;
     listen::check_bindable(cfg.server.listen.iter().chain([&cfg.metrics_listen]))
         .map_err(listener_error)?;
     let server = build(&cfg, metrics, lifecycle.clone(), held)?;

@@ -160,7 +160,7 @@ http {{
 listen = ["127.0.0.1:{port}"]
 threads = 1
 [metrics]
-listen = "127.0.0.1:{free_port()}"
+listen = "127.0.0.1:0"
 [access]
 allow = ["127.0.0.1/32"]
 [limits]
