@@ -235,7 +235,10 @@ pub fn scan_with(body: &[u8], tape: bool) -> Result<Scan<'_>, ParseError> {
     let mut s = Scanner {
         b: body,
         i: 0,
-        stack: Vec::with_capacity(16),
+        // Room for the nesting of a webhook (six levels); both stacks grow
+        // when a document needs more. Kept under 1 KB each, within glibc's
+        // per-thread cache, like the answer buffer in `h1`.
+        stack: Vec::with_capacity(8),
         out: Scan {
             tape: if tape {
                 // About one entry per 16 bytes of compact JSON: no regrowth.
@@ -245,7 +248,7 @@ pub fn scan_with(body: &[u8], tape: bool) -> Result<Scan<'_>, ParseError> {
             },
             ..Scan::default()
         },
-        keys: Vec::with_capacity(64),
+        keys: Vec::with_capacity(32),
         key_sets: Vec::new(),
         pending_key_escaped: false,
         pending_tape_key: (0, 0),
@@ -971,12 +974,20 @@ pub fn unescape(raw: &[u8]) -> Vec<u8> {
 /// Copy `body` without the given (non-overlapping) ranges.
 pub fn splice_out(body: &[u8], mut cuts: Vec<Range<usize>>) -> Vec<u8> {
     cuts.sort_by_key(|r| r.start);
-    let mut out = Vec::with_capacity(body.len());
+    // Nested in a previous cut: already gone with it.
+    let mut at = 0;
+    cuts.retain(|r| {
+        let outer = r.start >= at;
+        if outer {
+            at = r.end;
+        }
+        outer
+    });
+    // Exactly the bytes kept: a small result stays a small allocation.
+    let removed: usize = cuts.iter().map(|r| r.end.saturating_sub(r.start)).sum();
+    let mut out = Vec::with_capacity(body.len().saturating_sub(removed));
     let mut at = 0;
     for r in cuts {
-        if r.start < at {
-            continue; // nested in a previous cut
-        }
         out.extend_from_slice(body.get(at..r.start).unwrap_or_default());
         at = r.end;
     }
@@ -1244,6 +1255,17 @@ mod tests {
         ] {
             assert!(scan(bad.as_bytes()).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn splice_out_skips_nested_cuts_and_sizes_the_result_exactly() {
+        let body = b"0123456789abcdef";
+        // Unsorted, one nested in another, one adjacent to it.
+        let out = splice_out(body, vec![10..12, 2..6, 3..5, 6..7]);
+        assert_eq!(out, b"01789cdef");
+        assert_eq!(out.capacity(), out.len());
+        assert_eq!(splice_out(body, vec![]), body.to_vec());
+        assert_eq!(splice_out(body, vec![0..16]), b"");
     }
 
     #[test]

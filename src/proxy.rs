@@ -611,7 +611,9 @@ async fn read_body(
     }
     let deadline = tokio::time::Instant::now() + limits.body_timeout;
     let capacity = declared.unwrap_or(16 * 1024).min(max) as usize;
-    let mut buf = BytesMut::with_capacity(capacity);
+    // Taken only when the body comes in more than one piece: most arrive in
+    // one, and go on as pingora gave them.
+    let mut buf = BytesMut::new();
     loop {
         match tokio::time::timeout_at(deadline, s.read_request_body()).await {
             Err(_) => return Err(Rejection::BodyTimeout),
@@ -638,6 +640,9 @@ async fn read_body(
                 if buf.is_empty() && s.is_body_done() {
                     // The whole body in one piece: no copy.
                     return Ok((chunk, permit));
+                }
+                if buf.capacity() == 0 {
+                    buf.reserve(capacity.max(chunk.len()));
                 }
                 buf.extend_from_slice(&chunk);
             }
