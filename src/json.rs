@@ -971,7 +971,8 @@ pub fn unescape(raw: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Copy `body` without the given (non-overlapping) ranges.
+/// Copy `body` without the given ranges, in any order; a range that starts
+/// inside an earlier one is taken as removed with it.
 pub fn splice_out(body: &[u8], mut cuts: Vec<Range<usize>>) -> Vec<u8> {
     cuts.sort_by_key(|r| r.start);
     // Nested in a previous cut: already gone with it.
