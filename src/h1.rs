@@ -108,7 +108,7 @@ pub fn request_head(
         h.extend_from_slice(b"\r\n");
     }
     h.extend_from_slice(b"Content-Length: ");
-    h.extend_from_slice(body_len.to_string().as_bytes());
+    h.extend_from_slice(itoa::Buffer::new().format(body_len).as_bytes());
     h.extend_from_slice(b"\r\n\r\n");
     h
 }

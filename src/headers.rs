@@ -4,6 +4,8 @@
 
 use crate::config::HeaderRules;
 use http::header::{self, HeaderMap, HeaderName};
+use std::io::Write;
+use std::net::IpAddr;
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1, plus
 /// the de-facto `Proxy-Connection` and `Keep-Alive`).
@@ -29,22 +31,33 @@ pub fn is_managed(name: &HeaderName) -> bool {
 }
 
 /// Is this a hop-by-hop header, given the names listed in `Connection`?
-pub fn is_hop_by_hop(name: &HeaderName, nominated: &[HeaderName]) -> bool {
+pub fn is_hop_by_hop(name: &HeaderName, nominated: &Nominated<'_>) -> bool {
     HOP_BY_HOP.contains(name)
         || name.as_str() == KEEP_ALIVE
         || name.as_str() == PROXY_CONNECTION
         || nominated.contains(name)
 }
 
-/// The header names nominated by `Connection: a, b`.
-pub fn connection_nominated(headers: &HeaderMap) -> Vec<HeaderName> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect()
+/// The header names nominated by `Connection: a, b`, read from the header
+/// values as needed: no list is built (a typical answer's
+/// `Connection: keep-alive` cost two allocations per request when it was).
+pub struct Nominated<'a>(header::GetAll<'a, http::HeaderValue>);
+
+impl Nominated<'_> {
+    /// Whether `Connection` lists `name` (names compare case-insensitively;
+    /// a `HeaderName` is lowercase already).
+    pub fn contains(&self, name: &HeaderName) -> bool {
+        self.0
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(name.as_str()))
+    }
+}
+
+/// The header names nominated by `Connection` in `headers`.
+pub fn connection_nominated(headers: &HeaderMap) -> Nominated<'_> {
+    Nominated(headers.get_all(header::CONNECTION))
 }
 
 /// Decide which client headers go upstream: everything but hop-by-hop headers,
@@ -66,10 +79,58 @@ pub fn forwardable<'a>(
     })
 }
 
+/// A peer address as text, formatted on the stack: no heap allocation, and
+/// IPv4 (the common case) without a trip through `core::fmt`.
+pub struct IpText {
+    buf: [u8; 45],
+    len: usize,
+}
+
+impl IpText {
+    /// `ip` as `Display` writes it.
+    pub fn new(ip: IpAddr) -> Self {
+        let mut t = IpText {
+            buf: [0; 45],
+            len: 0,
+        };
+        let rest = {
+            let mut w: &mut [u8] = &mut t.buf;
+            match ip {
+                IpAddr::V4(v4) => {
+                    for (i, octet) in v4.octets().into_iter().enumerate() {
+                        if i > 0 {
+                            let _ = w.write_all(b".");
+                        }
+                        let _ = w.write_all(itoa::Buffer::new().format(octet).as_bytes());
+                    }
+                }
+                // At most 45 bytes (`ffff:…:255.255.255.255` is the longest form).
+                IpAddr::V6(v6) => {
+                    let _ = write!(w, "{v6}");
+                }
+            }
+            w.len()
+        };
+        t.len = t.buf.len() - rest;
+        t
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(self.buf.get(..self.len).unwrap_or_default()).unwrap_or_default()
+    }
+}
+
 /// The `X-Forwarded-For` value sent upstream. From a trusted proxy, its chain is
 /// kept and the peer appended; from anyone else, a client-sent header is dropped
 /// (it is unverified) and the peer alone is sent.
-pub fn forwarded_for(incoming: &HeaderMap, peer: &str, peer_trusted: bool) -> String {
+/// `None` only if the value cannot be a header value (a client chain with
+/// bytes outside visible ASCII is dropped whole before that).
+pub fn forwarded_for(
+    incoming: &HeaderMap,
+    peer: &str,
+    peer_trusted: bool,
+) -> Option<http::HeaderValue> {
     if peer_trusted {
         let chain: Vec<&str> = incoming
             .get_all("x-forwarded-for")
@@ -79,10 +140,10 @@ pub fn forwarded_for(incoming: &HeaderMap, peer: &str, peer_trusted: bool) -> St
             .filter(|v| !v.is_empty())
             .collect();
         if !chain.is_empty() {
-            return format!("{}, {peer}", chain.join(", "));
+            return http::HeaderValue::from_str(&format!("{}, {peer}", chain.join(", "))).ok();
         }
     }
-    peer.to_string()
+    http::HeaderValue::from_str(peer).ok()
 }
 
 /// Apply a route's `remove`, then `set`, rules to a header list.
@@ -144,18 +205,57 @@ mod tests {
             .map(|(k, _)| k.as_str())
             .collect();
         assert_eq!(kept, vec!["x-call", "content-type"]);
+        // A second `Connection` header nominates as well; names match in any case.
+        let m = map(&[
+            ("connection", "close"),
+            ("Connection", " X-Other ,x-PRIVATE"),
+            ("x-private", "1"),
+            ("x-other", "2"),
+            ("x-call", "ok"),
+        ]);
+        let kept: Vec<&str> = forwardable(&m, None).map(|(k, _)| k.as_str()).collect();
+        assert_eq!(kept, vec!["x-call"]);
+        let kept: Vec<&str> = response_forwardable(&m).map(|(k, _)| k.as_str()).collect();
+        assert_eq!(kept, vec!["x-call"]);
+    }
+
+    #[test]
+    fn ip_text_is_what_display_writes() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut ips: Vec<IpAddr> = vec![
+            "0.0.0.0".parse().unwrap(),
+            "255.255.255.255".parse().unwrap(),
+            "217.116.118.254".parse().unwrap(),
+            "::".parse().unwrap(),
+            "::1".parse().unwrap(),
+            "::ffff:255.255.255.255".parse().unwrap(),
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap(),
+        ];
+        for _ in 0..2000 {
+            ips.push(IpAddr::from(rng.u32(..).to_be_bytes()));
+            let mut v6 = rng.u128(..).to_be_bytes();
+            // Runs of zero groups and mapped forms, which Display shortens.
+            for b in v6.iter_mut().take(rng.usize(0..14)) {
+                *b = 0;
+            }
+            ips.push(IpAddr::from(v6));
+        }
+        for ip in ips {
+            assert_eq!(IpText::new(ip).as_str(), ip.to_string(), "{ip:?}");
+        }
     }
 
     #[test]
     fn forwarded_for_from_untrusted_peer_is_replaced() {
         let m = map(&[("x-forwarded-for", "217.116.118.254")]);
-        assert_eq!(forwarded_for(&m, "203.0.113.5", false), "203.0.113.5");
+        let text = |v: Option<HeaderValue>| v.unwrap().to_str().unwrap().to_string();
+        assert_eq!(text(forwarded_for(&m, "203.0.113.5", false)), "203.0.113.5");
         assert_eq!(
-            forwarded_for(&m, "10.0.0.2", true),
+            text(forwarded_for(&m, "10.0.0.2", true)),
             "217.116.118.254, 10.0.0.2"
         );
         assert_eq!(
-            forwarded_for(&HeaderMap::new(), "10.0.0.2", true),
+            text(forwarded_for(&HeaderMap::new(), "10.0.0.2", true)),
             "10.0.0.2"
         );
     }

@@ -55,7 +55,8 @@ pub struct Scan<'s> {
     pub transcription: Option<MemberSpan>,
     /// Whether `assist.transcription` is `null`.
     pub transcription_is_null: bool,
-    /// `assist.transcription.content` and every `assist.transcription.chunks[*].content`.
+    /// `assist.transcription.content` and every `assist.transcription.chunks[*].content`
+    /// (left empty by a scan that was not asked for them, see [`scan_for`]).
     pub texts: Vec<MemberSpan>,
     /// The raw (still escaped) bytes of `call.id` when it is a string.
     pub call_id: Option<Range<usize>>,
@@ -201,6 +202,8 @@ struct Scanner<'a> {
     last_value_start: usize,
     /// Place of the value after the member name just read.
     pending_child_place: Place,
+    /// Whether the transcript's texts are recorded (`Scan::texts`).
+    want_texts: bool,
     /// Why the scan failed (see `Fail`).
     error: Option<ParseError>,
 }
@@ -220,6 +223,12 @@ pub fn scan(body: &[u8]) -> Result<Scan<'_>, ParseError> {
 
 /// Scan strictly; keep the tape only when `tape` (schema validation needs it).
 pub fn scan_with(body: &[u8], tape: bool) -> Result<Scan<'_>, ParseError> {
+    scan_for(body, tape, true)
+}
+
+/// Scan strictly; keep the tape only when `tape`, and record the transcript's
+/// texts (`Scan::texts`, which only `strip_text` needs) only when `texts`.
+pub fn scan_for(body: &[u8], tape: bool, texts: bool) -> Result<Scan<'_>, ParseError> {
     if body.starts_with(&[0xEF, 0xBB, 0xBF]) {
         return err(0, "byte-order mark");
     }
@@ -254,6 +263,7 @@ pub fn scan_with(body: &[u8], tape: bool) -> Result<Scan<'_>, ParseError> {
         pending_tape_key: (0, 0),
         last_value_start: 0,
         pending_child_place: Place::Other,
+        want_texts: texts,
         error: None,
     };
     if s.run().is_err() {
@@ -424,8 +434,9 @@ impl<'a> Scanner<'a> {
             (Place::Assist, FP_TRANSCRIPTION) if key == b"transcription" => {
                 (Target::Transcription, Place::Transcription)
             }
-            (Place::Transcription, FP_CONTENT) => (Target::Text, Place::Other),
-            (Place::Transcription, FP_CHUNKS) => (Target::None, Place::Chunks),
+            // Without texts to record, the chunks are ordinary objects.
+            (Place::Transcription, FP_CONTENT) if self.want_texts => (Target::Text, Place::Other),
+            (Place::Transcription, FP_CHUNKS) if self.want_texts => (Target::None, Place::Chunks),
             (Place::Chunk, FP_CONTENT) => (Target::Text, Place::Other),
             _ => (Target::None, Place::Other),
         };
@@ -504,7 +515,13 @@ impl<'a> Scanner<'a> {
     fn record(&mut self, t: Target, span: MemberSpan) {
         match t {
             Target::Transcription => self.out.transcription = Some(span),
-            Target::Text => self.out.texts.push(span),
+            Target::Text => {
+                // Room for a transcript of a few chunks at once, not 4, then 8.
+                if self.out.texts.capacity() == 0 {
+                    self.out.texts.reserve(8);
+                }
+                self.out.texts.push(span);
+            }
             Target::CallId | Target::None => {}
         }
     }
@@ -1189,6 +1206,23 @@ mod tests {
         );
         let v: serde_json::Value = serde_json::from_str(&strip_text(doc)).unwrap();
         assert!(v["assist"]["transcription"]["chunks"][0]["content"].is_null());
+    }
+
+    #[test]
+    fn texts_are_recorded_only_when_asked_for() {
+        let doc = r#"{"call":{"id":"c"},"assist":{"transcription":{"content":"all","chunks":[{"speaker":"caller","content":"a"},{"content":"b"}]}}}"#;
+        let with = scan_for(doc.as_bytes(), true, true).unwrap();
+        let without = scan_for(doc.as_bytes(), true, false).unwrap();
+        assert_eq!(with.texts.len(), 3);
+        assert!(without.texts.is_empty(), "{:?}", without.texts);
+        // Everything else is the same scan.
+        assert_eq!(with.transcription, without.transcription);
+        assert_eq!(with.call_id, without.call_id);
+        assert_eq!(with.tape.entries(), without.tape.entries());
+        // More than the first reservation of eight.
+        let chunks = vec![r#"{"content":"x"}"#; 20].join(",");
+        let doc = format!(r#"{{"assist":{{"transcription":{{"chunks":[{chunks}]}}}}}}"#);
+        assert_eq!(scan(doc.as_bytes()).unwrap().texts.len(), 20);
     }
 
     #[test]

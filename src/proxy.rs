@@ -321,7 +321,7 @@ impl Gateway {
 
         // Stages 6 to 8: parse, validate, transform.
         let outcome = route.inspector.inspect(&body);
-        let outcome = match outcome {
+        let mut outcome = match outcome {
             Ok(o) => o,
             Err(r) => {
                 if matches!(r, Rejection::SchemaViolation(_)) {
@@ -331,7 +331,7 @@ impl Gateway {
                 return Err(r);
             }
         };
-        f.call_id = outcome.call_id.clone();
+        f.call_id = outcome.call_id.take();
         if !outcome.violations.is_empty() {
             rm.schema_violations.inc();
             log_violations(
@@ -370,8 +370,8 @@ impl Gateway {
         let meta = Meta {
             route: route.name.clone(),
             accepted_ms: crate::spool::now_ms(),
-            key: record::idempotency_key(outcome.call_id.as_deref(), &body),
-            call_id: outcome.call_id.clone(),
+            key: record::idempotency_key(f.call_id.as_deref(), &body),
+            call_id: f.call_id.clone(),
             headers: base
                 .iter()
                 .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
@@ -462,11 +462,10 @@ impl Gateway {
             headers::forwardable(&req.headers, secret_header)
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
-        let peer_s = peer.map(|p| p.to_string()).unwrap_or_default();
+        let peer_s = peer.map(headers::IpText::new);
+        let peer_s = peer_s.as_ref().map_or("", headers::IpText::as_str);
         let trusted = peer.is_some_and(|p| self.access.is_trusted(p));
-        if let Ok(v) =
-            HeaderValue::from_str(&headers::forwarded_for(&req.headers, &peer_s, trusted))
-        {
+        if let Some(v) = headers::forwarded_for(&req.headers, peer_s, trusted) {
             list.push((HeaderName::from_static("x-forwarded-for"), v));
         }
         let proto = req

@@ -215,7 +215,8 @@ impl Deliverer {
             Kind::Http { targets, next } => {
                 let deadline = Instant::now() + budget.min(dest.timeout);
                 let start = next.fetch_add(1, Ordering::Relaxed);
-                let mut last = Failure::Unavailable("no upstream".into());
+                // Why the last connect failed (the text is made only then).
+                let mut last = None;
                 let mut retries = 0;
                 for i in 0..targets.len() {
                     let Some(target) = targets.get((start + i) % targets.len()) else {
@@ -231,13 +232,14 @@ impl Deliverer {
                     match tokio::time::timeout(remaining, self.exchange(target, &req)).await {
                         Err(_) => return Err(Failure::Timeout),
                         Ok(Ok(a)) => return Ok((a, retries)),
-                        Ok(Err(Attempt::Connect(f))) => last = f,
+                        Ok(Err(Attempt::Connect(f))) => last = Some(f),
                         Ok(Err(Attempt::Exchange(f))) => return Err(f),
                     }
                 }
                 Err(Failure::NotConnected(match last {
-                    Failure::Timeout => "connect timeout".into(),
-                    Failure::Unavailable(why) | Failure::NotConnected(why) => why,
+                    None => "no upstream".into(),
+                    Some(Failure::Timeout) => "connect timeout".into(),
+                    Some(Failure::Unavailable(why) | Failure::NotConnected(why)) => why,
                 }))
             }
         }
