@@ -124,8 +124,8 @@ impl IpText {
 /// The `X-Forwarded-For` value sent upstream. From a trusted proxy, its chain is
 /// kept and the peer appended; from anyone else, a client-sent header is dropped
 /// (it is unverified) and the peer alone is sent.
-/// `None` only if the value cannot be a header value (a client chain with
-/// bytes outside visible ASCII is dropped whole before that).
+/// `None` only if the text cannot be a header value, which cannot happen: a
+/// chain value that is not visible ASCII is left out, and `peer` is an address.
 pub fn forwarded_for(
     incoming: &HeaderMap,
     peer: &str,
