@@ -90,6 +90,25 @@ struct Node {
     /// Neither `never` nor `all`/`any` to follow: a string, number or literal
     /// is checked by [`Node::leaf_ok`] alone, without a call per value.
     plain: bool,
+    /// What a number needs checked beyond its sign (set with `plain`).
+    numbers: Numbers,
+    /// The string literals of `one_of_lits` as (length, first word) when every
+    /// one of them has at most eight bytes: an unescaped string is then
+    /// matched with word compares (`Some(empty)` when there are no string
+    /// literals, `None` when there are none at all or a long one).
+    short_lits: Option<Vec<(usize, u64)>>,
+}
+
+/// How much of [`Node::number_ok`] a number needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Numbers {
+    /// Every number passes (type allows numbers; no literals, no bounds).
+    Any,
+    /// Every number without a leading `-` passes (the lower bound is at most
+    /// 0, inclusive at 0; no upper bound, no literals).
+    NonNegative,
+    /// The whole check.
+    Full,
 }
 
 #[derive(Debug, Clone)]
@@ -106,14 +125,16 @@ struct Prop {
 }
 
 impl Prop {
+    /// Whether this is the member name of `len` bytes starting with `word`;
+    /// `name` gives its bytes, asked for only when it is longer than a word.
     #[inline]
-    fn is(&self, len: usize, word: u64, name: &[u8]) -> bool {
+    fn is<'n>(&self, len: usize, word: u64, name: impl FnOnce() -> &'n [u8]) -> bool {
         self.len == len
             && self.word == word
             && match len {
                 0..=8 => true,
-                9..=16 => last_word(name) == self.last,
-                _ => self.name.as_bytes().get(8..) == name.get(8..),
+                9..=16 => last_word(name()) == self.last,
+                _ => self.name.as_bytes().get(8..) == name().get(8..),
             }
     }
 }
@@ -137,6 +158,8 @@ impl Node {
             all: Vec::new(),
             any: Vec::new(),
             plain: false,
+            numbers: Numbers::Full,
+            short_lits: None,
         }
     }
 }
@@ -162,19 +185,25 @@ impl Node {
 
     /// A string's decoded text (the same text the full validator sees)
     /// against literals and lengths; its type is checked by the caller.
-    fn text_ok(&self, text: &str) -> bool {
+    /// `word` is the text's first eight bytes (zero-padded), when known.
+    fn text_ok(&self, text: &[u8], word: Option<u64>) -> bool {
         if let Some(lits) = &self.one_of_lits {
-            if !lits
-                .iter()
-                .any(|l| matches!(l, Lit::Str(s) if **s == *text))
-            {
+            let hit = match (&self.short_lits, word) {
+                (Some(short), Some(w)) => {
+                    text.len() <= 8 && short.iter().any(|&(l, sw)| l == text.len() && sw == w)
+                }
+                _ => lits
+                    .iter()
+                    .any(|l| matches!(l, Lit::Str(s) if s.as_bytes() == text)),
+            };
+            if !hit {
                 return false;
             }
         }
         if self.min_len.is_some() || self.max_len.is_some() {
             // JSON Schema counts code points: every byte but UTF-8's
             // continuation bytes starts one.
-            let chars = text.bytes().filter(|&b| (b as i8) >= -0x40).count() as u64;
+            let chars = text.iter().filter(|&&b| (b as i8) >= -0x40).count() as u64;
             if self.min_len.is_some_and(|m| chars < m) || self.max_len.is_some_and(|m| chars > m) {
                 return false;
             }
@@ -198,7 +227,13 @@ impl Node {
 
     /// The property a member name (decoded) is, trying `hint` first.
     #[inline]
-    fn prop(&self, len: usize, word: u64, name: &[u8], hint: usize) -> Option<usize> {
+    fn prop<'n>(
+        &self,
+        len: usize,
+        word: u64,
+        name: impl Fn() -> &'n [u8] + Copy,
+        hint: usize,
+    ) -> Option<usize> {
         match self.props.get(hint) {
             Some(p) if p.is(len, word, name) => Some(hint),
             _ => self.props.iter().position(|p| p.is(len, word, name)),
@@ -236,6 +271,26 @@ impl FastSchema {
         let root = skip_pure_refs(&mut nodes, 0);
         for n in &mut nodes {
             n.plain = !n.never && n.all.is_empty() && n.any.is_empty();
+            n.numbers = if n.types & T_NUMBER == 0 || n.one_of_lits.is_some() || n.max.is_some() {
+                Numbers::Full
+            } else {
+                match n.min {
+                    None => Numbers::Any,
+                    Some(b) if b.limit < 0 || (b.limit == 0 && !b.exclusive) => {
+                        Numbers::NonNegative
+                    }
+                    Some(_) => Numbers::Full,
+                }
+            };
+            n.short_lits = n.one_of_lits.as_ref().and_then(|lits| {
+                lits.iter()
+                    .filter_map(|l| match l {
+                        Lit::Str(s) => Some(s.as_bytes()),
+                        _ => None,
+                    })
+                    .map(|b| (b.len() <= 8).then(|| (b.len(), short_word(b))))
+                    .collect()
+            });
         }
         Some(FastSchema { nodes, root })
     }
@@ -414,6 +469,17 @@ fn skip_pure_refs(nodes: &mut [Node], root: u32) -> u32 {
     resolve(root)
 }
 
+/// The first eight bytes of `b` (at most eight long) as a little-endian
+/// word, zero-padded: what `Tape::short_word` reads for the same text.
+fn short_word(b: &[u8]) -> u64 {
+    let mut w = [0u8; 8];
+    let n = b.len().min(8);
+    if let (Some(to), Some(from)) = (w.get_mut(..n), b.get(..n)) {
+        to.copy_from_slice(from);
+    }
+    u64::from_le_bytes(w)
+}
+
 /// The last eight bytes of a name of at least eight bytes (0 otherwise).
 #[inline]
 fn last_word(name: &[u8]) -> u64 {
@@ -589,9 +655,21 @@ impl Walk<'_, '_> {
         match e.kind {
             Kind::String => {
                 node.types & T_STRING != 0
-                    && (!node.checks_text() || node.text_ok(&self.tape.string_text(e)))
+                    && (!node.checks_text()
+                        || if e.str_escaped {
+                            node.text_ok(self.tape.string_text(e).as_bytes(), None)
+                        } else {
+                            // Unescaped: the raw bytes are the text.
+                            let raw = self.tape.bytes(e.val);
+                            let word = (raw.len() <= 8).then(|| self.tape.short_word(e.val));
+                            node.text_ok(raw, word)
+                        })
             }
-            Kind::Number => node.number_ok(self.tape.bytes(e.val)),
+            Kind::Number => match node.numbers {
+                Numbers::Any => true,
+                Numbers::NonNegative if self.tape.first_byte(e.val) != Some(b'-') => true,
+                _ => node.number_ok(self.tape.bytes(e.val)),
+            },
             kind => node.literal_ok(kind),
         }
     }
@@ -633,8 +711,7 @@ impl Walk<'_, '_> {
         let mut next = 0;
         for (child, at) in children(self.tape, idx) {
             let (len, word) = self.tape.key_word(child);
-            let name = self.tape.key_name(child).as_bytes();
-            let hit = node.prop(len, word, name, next);
+            let hit = node.prop(len, word, || self.tape.key_bytes(child), next);
             if let Some(i) = hit {
                 next = i + 1;
             }
@@ -740,6 +817,32 @@ mod tests {
             &["true"],
             &["false", "1"],
         );
+        // Literals of at most eight bytes are matched by word: lengths 0 to
+        // 8, names that share a prefix, and a string right at the body's end.
+        agrees(
+            serde_json::json!({"enum": ["", "abcdefgh", "caller", "callee"]}),
+            &[r#""""#, r#""abcdefgh""#, r#""caller""#, r#""call\u0065e""#],
+            &[
+                r#""abcdefg""#,
+                r#""abcdefghi""#,
+                r#""calle""#,
+                r#""callers""#,
+                r#""caller ""#,
+                r#""Caller""#,
+                r#""\u0000""#,
+            ],
+        );
+        agrees(
+            serde_json::json!({"type": "object", "properties": {"s": {"enum": ["caller", "callee"]}}}),
+            &[r#"{"s":"caller"}"#, r#"{"s":"callee"}"#],
+            &[r#"{"s":"callex"}"#, r#"{"s":"calleee"}"#],
+        );
+        // A long literal: the general comparison, for every string.
+        agrees(
+            serde_json::json!({"enum": ["a-much-longer-literal", "x"]}),
+            &[r#""a-much-longer-literal""#, r#""x""#],
+            &[r#""a-much-longer-literaL""#, r#""y""#, r#""xx""#],
+        );
     }
 
     #[test]
@@ -752,6 +855,16 @@ mod tests {
         );
         // Negative non-integers, -0.0 among them, are left to the full validator.
         defers(s, &["-0.0", "-0e5"]);
+        // Any number, and any above a negative bound: by sign alone where it
+        // can be, every other one compared.
+        agrees(
+            serde_json::json!({"type": "number"}),
+            &["-5", "0", "3.5", "-1e300"],
+            &["\"3\"", "null"],
+        );
+        let s = serde_json::json!({"minimum": -3});
+        agrees(s.clone(), &["0", "5", "-3", "-2", "1e300"], &["-4"]);
+        defers(s, &["-2.5"]);
         let s = serde_json::json!({"exclusiveMinimum": 0, "maximum": 10});
         agrees(
             s.clone(),

@@ -126,6 +126,19 @@ impl<'s> Tape<'s> {
         text.get(from..to).unwrap_or_default()
     }
 
+    /// The member name of entry `e` as bytes (empty for array elements and
+    /// the root): `key_name` without the `str` slicing's boundary checks.
+    #[inline]
+    pub(crate) fn key_bytes(&self, e: &Entry) -> &[u8] {
+        let (from, to) = (e.key.0 as usize, e.key.1 as usize);
+        let text = if e.key_escaped {
+            self.names.as_bytes()
+        } else {
+            self.src.as_bytes()
+        };
+        text.get(from..to).unwrap_or_default()
+    }
+
     /// Append an entry; returns its index.
     pub(crate) fn push(&mut self, e: Entry) -> u32 {
         if self.recording {
@@ -185,6 +198,29 @@ impl<'s> Tape<'s> {
     #[inline]
     pub(crate) fn string_text(&self, e: &Entry) -> Cow<'s, str> {
         self.text(e.val, e.str_escaped)
+    }
+
+    /// The first byte of the body in `span` (a number's sign).
+    #[inline]
+    pub(crate) fn first_byte(&self, span: (u32, u32)) -> Option<u8> {
+        self.src
+            .as_bytes()
+            .get(span.0 as usize)
+            .copied()
+            .filter(|_| span.1 > span.0)
+    }
+
+    /// The body's bytes in `span` (at most eight) as a little-endian word,
+    /// zero-padded: read in one load where the body goes on past them.
+    #[inline]
+    pub(crate) fn short_word(&self, span: (u32, u32)) -> u64 {
+        let len = (span.1.saturating_sub(span.0) as usize).min(8);
+        let word = crate::json::word_at(self.src.as_bytes(), span.0 as usize);
+        if len >= 8 {
+            word
+        } else {
+            word & ((1u64 << (len * 8)) - 1)
+        }
     }
 
     /// The body's bytes in `span`: a number's text, or a string's raw
