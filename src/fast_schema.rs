@@ -627,12 +627,17 @@ struct Walk<'a, 's> {
 impl Walk<'_, '_> {
     /// Whether entry `e` (at `idx`) certainly satisfies node `n`.
     fn valid(&self, n: u32, e: &Entry, idx: u32, depth: u32) -> bool {
+        match self.s.nodes.get(n as usize) {
+            Some(node) => self.node_valid(node, e, idx, depth),
+            None => false,
+        }
+    }
+
+    /// `valid` for a node already looked up.
+    fn node_valid(&self, node: &Node, e: &Entry, idx: u32, depth: u32) -> bool {
         if depth > MAX_SCHEMA_DEPTH {
             return false;
         }
-        let Some(node) = self.s.nodes.get(n as usize) else {
-            return false;
-        };
         if node.never {
             return false;
         }
@@ -675,14 +680,16 @@ impl Walk<'_, '_> {
     }
 
     /// `valid` for a child value: scalars against plain nodes are checked
-    /// here, inline; everything else takes the call.
+    /// here, inline; everything else takes the call (with the node looked
+    /// up once).
     #[inline(always)]
     fn child_valid(&self, n: u32, e: &Entry, idx: u32, depth: u32) -> bool {
         match self.s.nodes.get(n as usize) {
             Some(node) if node.plain && !matches!(e.kind, Kind::Array | Kind::Object) => {
                 self.leaf_ok(node, e)
             }
-            _ => self.valid(n, e, idx, depth),
+            Some(node) => self.node_valid(node, e, idx, depth),
+            None => false,
         }
     }
 
