@@ -288,7 +288,9 @@ impl FastSchema {
                         Lit::Str(s) => Some(s.as_bytes()),
                         _ => None,
                     })
-                    .map(|b| (b.len() <= 8).then(|| (b.len(), short_word(b))))
+                    // `word_at` pads a literal shorter than a word with zeros,
+                    // as `Tape::short_word` masks the same text in a body.
+                    .map(|b| (b.len() <= 8).then(|| (b.len(), word_at(b, 0))))
                     .collect()
             });
         }
@@ -467,17 +469,6 @@ fn skip_pure_refs(nodes: &mut [Node], root: u32) -> u32 {
         }
     }
     resolve(root)
-}
-
-/// The first eight bytes of `b` (at most eight long) as a little-endian
-/// word, zero-padded: what `Tape::short_word` reads for the same text.
-fn short_word(b: &[u8]) -> u64 {
-    let mut w = [0u8; 8];
-    let n = b.len().min(8);
-    if let (Some(to), Some(from)) = (w.get_mut(..n), b.get(..n)) {
-        to.copy_from_slice(from);
-    }
-    u64::from_le_bytes(w)
 }
 
 /// The last eight bytes of a name of at least eight bytes (0 otherwise).

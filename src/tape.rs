@@ -117,26 +117,30 @@ impl<'s> Tape<'s> {
     /// The member name of entry `e` (empty for array elements and the root).
     #[inline]
     pub fn key_name(&self, e: &Entry) -> &str {
-        let (from, to) = (e.key.0 as usize, e.key.1 as usize);
-        let text = if e.key_escaped {
-            self.names.as_str()
+        self.key_source(e)
+            .get(e.key.0 as usize..e.key.1 as usize)
+            .unwrap_or_default()
+    }
+
+    /// The text entry `e`'s member name span points into: the body, or the
+    /// buffer of decoded names when the name held escapes.
+    #[inline]
+    fn key_source(&self, e: &Entry) -> &str {
+        if e.key_escaped {
+            &self.names
         } else {
             self.src
-        };
-        text.get(from..to).unwrap_or_default()
+        }
     }
 
     /// The member name of entry `e` as bytes (empty for array elements and
     /// the root): `key_name` without the `str` slicing's boundary checks.
     #[inline]
     pub(crate) fn key_bytes(&self, e: &Entry) -> &[u8] {
-        let (from, to) = (e.key.0 as usize, e.key.1 as usize);
-        let text = if e.key_escaped {
-            self.names.as_bytes()
-        } else {
-            self.src.as_bytes()
-        };
-        text.get(from..to).unwrap_or_default()
+        self.key_source(e)
+            .as_bytes()
+            .get(e.key.0 as usize..e.key.1 as usize)
+            .unwrap_or_default()
     }
 
     /// Append an entry; returns its index.
@@ -174,23 +178,12 @@ impl<'s> Tape<'s> {
     /// length, it tells names of up to eight bytes apart in one compare.
     #[inline]
     pub(crate) fn key_word(&self, e: &Entry) -> (usize, u64) {
-        let (from, to) = (e.key.0 as usize, e.key.1 as usize);
-        let text = if e.key_escaped {
-            self.names.as_bytes()
-        } else {
-            self.src.as_bytes()
-        };
-        let len = to.saturating_sub(from);
         // A name in the body is followed by at least its closing quote and a
         // colon, so eight bytes can almost always be read at once.
-        let word = crate::json::word_at(text, from);
+        let len = e.key.1.saturating_sub(e.key.0) as usize;
         (
             len,
-            if len >= 8 {
-                word
-            } else {
-                word & ((1u64 << (len * 8)) - 1)
-            },
+            first_word(self.key_source(e).as_bytes(), e.key.0 as usize, len),
         )
     }
 
@@ -214,13 +207,8 @@ impl<'s> Tape<'s> {
     /// zero-padded: read in one load where the body goes on past them.
     #[inline]
     pub(crate) fn short_word(&self, span: (u32, u32)) -> u64 {
-        let len = (span.1.saturating_sub(span.0) as usize).min(8);
-        let word = crate::json::word_at(self.src.as_bytes(), span.0 as usize);
-        if len >= 8 {
-            word
-        } else {
-            word & ((1u64 << (len * 8)) - 1)
-        }
+        let len = span.1.saturating_sub(span.0) as usize;
+        first_word(self.src.as_bytes(), span.0 as usize, len)
     }
 
     /// The body's bytes in `span`: a number's text, or a string's raw
@@ -280,6 +268,18 @@ pub struct TapeObject<'a> {
 pub struct TapeArray<'a> {
     tape: &'a Tape<'a>,
     idx: u32,
+}
+
+/// The first eight bytes of the `len` bytes of `text` from `from` (fewer when
+/// shorter, the rest zero) as a little-endian word.
+#[inline]
+fn first_word(text: &[u8], from: usize, len: usize) -> u64 {
+    let word = crate::json::word_at(text, from);
+    if len >= 8 {
+        word
+    } else {
+        word & ((1u64 << (len * 8)) - 1)
+    }
 }
 
 /// A number, kept as its text.
