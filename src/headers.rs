@@ -38,26 +38,66 @@ pub fn is_hop_by_hop(name: &HeaderName, nominated: &Nominated<'_>) -> bool {
         || nominated.contains(name)
 }
 
-/// The header names nominated by `Connection: a, b`, read from the header
-/// values as needed: no list is built (a typical answer's
-/// `Connection: keep-alive` cost two allocations per request when it was).
-pub struct Nominated<'a>(header::GetAll<'a, http::HeaderValue>);
+/// Whether a `Connection` token names one of the headers that are hop-by-hop
+/// whatever `Connection` says (case-insensitively).
+fn is_fixed_hop_by_hop(token: &str) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|h| h.as_str().eq_ignore_ascii_case(token))
+        || token.eq_ignore_ascii_case(KEEP_ALIVE)
+        || token.eq_ignore_ascii_case(PROXY_CONNECTION)
+}
+
+/// What `Connection` nominates beyond the fixed hop-by-hop headers, read once
+/// per header map. The usual values (`keep-alive`, `close`, or none) need no
+/// further look; only a list naming other headers is searched again per
+/// header (before, every header went through every `Connection` value).
+pub struct Nominated<'a> {
+    values: header::GetAll<'a, http::HeaderValue>,
+    /// `Connection` names a header outside the fixed set (other than `close`).
+    others: bool,
+    /// `Connection` lists `close` (which a header could be named, too).
+    close: bool,
+}
 
 impl Nominated<'_> {
     /// Whether `Connection` lists `name` (names compare case-insensitively;
-    /// a `HeaderName` is lowercase already).
+    /// a `HeaderName` is lowercase already). For the fixed hop-by-hop names,
+    /// which are dropped anyway, the answer may be `false` even when listed.
     pub fn contains(&self, name: &HeaderName) -> bool {
-        self.0
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(name.as_str()))
+        if !self.others {
+            return self.close && name.as_str() == "close";
+        }
+        tokens(&self.values).any(|t| t.eq_ignore_ascii_case(name.as_str()))
     }
+}
+
+/// The names listed by `Connection` values, trimmed, empty ones left out.
+fn tokens<'a>(values: &header::GetAll<'a, http::HeaderValue>) -> impl Iterator<Item = &'a str> {
+    values
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
 }
 
 /// The header names nominated by `Connection` in `headers`.
 pub fn connection_nominated(headers: &HeaderMap) -> Nominated<'_> {
-    Nominated(headers.get_all(header::CONNECTION))
+    let values = headers.get_all(header::CONNECTION);
+    let (mut others, mut close) = (false, false);
+    for t in tokens(&values) {
+        if t.eq_ignore_ascii_case("close") {
+            close = true;
+        } else if !is_fixed_hop_by_hop(t) {
+            others = true;
+        }
+    }
+    Nominated {
+        values,
+        others,
+        close,
+    }
 }
 
 /// Decide which client headers go upstream: everything but hop-by-hop headers,
@@ -217,6 +257,57 @@ mod tests {
         assert_eq!(kept, vec!["x-call"]);
         let kept: Vec<&str> = response_forwardable(&m).map(|(k, _)| k.as_str()).collect();
         assert_eq!(kept, vec!["x-call"]);
+    }
+
+    #[test]
+    fn hop_by_hop_matches_reading_every_connection_value_per_header() {
+        let values = [
+            "",
+            "keep-alive",
+            "Keep-Alive",
+            "close",
+            "Close, keep-alive",
+            "close, X-Private",
+            "TE, upgrade, Proxy-Connection",
+            "x-a ,, X-B",
+            " , ",
+            "keep-alive, foo",
+        ];
+        let names = [
+            "close",
+            "x-private",
+            "x-a",
+            "x-b",
+            "te",
+            "keep-alive",
+            "foo",
+            "upgrade",
+            "content-type",
+            "connection",
+        ];
+        for v in values {
+            for two in [false, true] {
+                let mut pairs = vec![("connection", v)];
+                if two {
+                    pairs.push(("connection", "x-second"));
+                }
+                let m = map(&pairs);
+                let nominated = connection_nominated(&m);
+                for name in names.iter().chain(&["x-second"]) {
+                    let listed = pairs
+                        .iter()
+                        .flat_map(|(_, v)| v.split(','))
+                        .any(|t| t.trim().eq_ignore_ascii_case(name));
+                    let h = HeaderName::from_static(name);
+                    let fixed = HOP_BY_HOP.contains(&h) || *name == KEEP_ALIVE;
+                    assert_eq!(
+                        is_hop_by_hop(&h, &nominated),
+                        fixed || listed,
+                        "Connection: {v:?} (second: {two}), header {name}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

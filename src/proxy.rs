@@ -232,7 +232,7 @@ impl Gateway {
             close: true,
         };
         let mut written = false;
-        if let Ok(mut resp) = ResponseHeader::build(handled.status, Some(4)) {
+        if let Ok(mut resp) = ResponseHeader::build_no_case(handled.status, Some(4)) {
             for (k, v) in &handled.headers {
                 let _ = resp.append_header(k.clone(), v.clone());
             }
@@ -673,7 +673,10 @@ async fn discard_body(s: &mut ServerSession) {
 }
 
 async fn respond(s: &mut ServerSession, h: &Handled) -> bool {
-    let Ok(mut resp) = ResponseHeader::build(h.status, Some(h.headers.len() + 4)) else {
+    // Without pingora's header-case map: names go out in lowercase, as Envoy
+    // sends them (HTTP/1.1 names are case-insensitive), and the answer costs
+    // no second header map.
+    let Ok(mut resp) = ResponseHeader::build_no_case(h.status, Some(h.headers.len() + 4)) else {
         return false;
     };
     for (k, v) in &h.headers {
