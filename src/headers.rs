@@ -39,7 +39,9 @@ pub fn is_hop_by_hop(name: &HeaderName, nominated: &Nominated<'_>) -> bool {
 }
 
 /// Whether a `Connection` token names one of the headers that are hop-by-hop
-/// whatever `Connection` says (case-insensitively).
+/// whatever `Connection` says (case-insensitively): the first three checks
+/// of `is_hop_by_hop`, for text. Those compare `HeaderName`s, which is
+/// cheaper for the every-header case.
 fn is_fixed_hop_by_hop(token: &str) -> bool {
     HOP_BY_HOP
         .iter()

@@ -673,9 +673,10 @@ async fn discard_body(s: &mut ServerSession) {
 }
 
 async fn respond(s: &mut ServerSession, h: &Handled) -> bool {
-    // Without pingora's header-case map: names go out in lowercase, as Envoy
-    // sends them (HTTP/1.1 names are case-insensitive), and the answer costs
-    // no second header map.
+    // Without pingora's header-case map, which costs a second header map per
+    // answer: pingora still writes the standard names title-cased, others go
+    // out in lowercase, as Envoy sends them (HTTP/1.1 names are
+    // case-insensitive).
     let Ok(mut resp) = ResponseHeader::build_no_case(h.status, Some(h.headers.len() + 4)) else {
         return false;
     };
