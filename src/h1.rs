@@ -171,16 +171,16 @@ pub async fn receive(s: &mut Stream, max_body: usize) -> Result<Response, Exchan
             }
             continue; // interim answer: the final one follows
         }
-        let closes = header_has_token(&headers, "connection", "close") || !version_11;
+        let closes = crate::headers::connection_nominated(&headers).close() || !version_11;
         let no_body = status == 204 || status == 304;
-        let chunked = headers
-            .get_all(http::header::TRANSFER_ENCODING)
-            .iter()
-            .any(|v| {
-                v.to_str()
-                    .is_ok_and(|v| v.to_ascii_lowercase().contains("chunked"))
-            });
+        let chunked = transfer_chunked(&headers)?;
         let length = content_length(&headers)?;
+        if chunked && length.is_some() {
+            // RFC 9112 §6.3: a sign of smuggling; nginx refuses it too.
+            return Err(ExchangeError::Garbage(
+                "both Transfer-Encoding and Content-Length",
+            ));
+        }
         let (body, framed) = if no_body {
             (Bytes::new(), true)
         } else if chunked {
@@ -263,12 +263,24 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<(u16, HeaderMap, bool)>, Exch
     Ok(Some((status, map, version_11)))
 }
 
-fn header_has_token(h: &HeaderMap, name: &str, token: &str) -> bool {
-    h.get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+/// Whether the answer's body is chunked. `Transfer-Encoding` must be absent
+/// or exactly `chunked`: any other coding would reach the client undecoded
+/// (hookgate sends the body with a `Content-Length`), so it is refused, as
+/// nginx refuses it, and so is a look-alike such as `xchunked`.
+fn transfer_chunked(h: &HeaderMap) -> Result<bool, ExchangeError> {
+    let values = h.get_all(http::header::TRANSFER_ENCODING);
+    let mut fields = values.iter().peekable();
+    if fields.peek().is_none() {
+        return Ok(false);
+    }
+    if fields.any(|v| v.to_str().is_err()) {
+        return Err(ExchangeError::Garbage("unsupported Transfer-Encoding"));
+    }
+    let mut codings = crate::headers::tokens(&values);
+    match (codings.next(), codings.next()) {
+        (Some(c), None) if c.eq_ignore_ascii_case("chunked") => Ok(true),
+        _ => Err(ExchangeError::Garbage("unsupported Transfer-Encoding")),
+    }
 }
 
 fn content_length(h: &HeaderMap) -> Result<Option<usize>, ExchangeError> {

@@ -21,6 +21,8 @@ const HOP_BY_HOP: &[HeaderName] = &[
 
 const KEEP_ALIVE: &str = "keep-alive";
 const PROXY_CONNECTION: &str = "proxy-connection";
+/// The `Connection` option that ends the connection after this message.
+const CLOSE: &str = "close";
 
 /// Headers hookgate writes itself on the upstream request; operators cannot set them.
 pub fn is_managed(name: &HeaderName) -> bool {
@@ -68,14 +70,21 @@ impl Nominated<'_> {
     /// which are dropped anyway, the answer may be `false` even when listed.
     pub fn contains(&self, name: &HeaderName) -> bool {
         if !self.others {
-            return self.close && name.as_str() == "close";
+            return self.close && name.as_str() == CLOSE;
         }
         tokens(&self.values).any(|t| t.eq_ignore_ascii_case(name.as_str()))
     }
+
+    /// Whether `Connection` lists `close`.
+    pub fn close(&self) -> bool {
+        self.close
+    }
 }
 
-/// The names listed by `Connection` values, trimmed, empty ones left out.
-fn tokens<'a>(values: &header::GetAll<'a, http::HeaderValue>) -> impl Iterator<Item = &'a str> {
+/// The elements of a comma-separated list header (`Connection`,
+/// `Transfer-Encoding`) over all its fields, trimmed, empty ones left out.
+/// A value that is not visible ASCII contributes none.
+pub fn tokens<'a>(values: &header::GetAll<'a, http::HeaderValue>) -> impl Iterator<Item = &'a str> {
     values
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -89,7 +98,7 @@ pub fn connection_nominated(headers: &HeaderMap) -> Nominated<'_> {
     let values = headers.get_all(header::CONNECTION);
     let (mut others, mut close) = (false, false);
     for t in tokens(&values) {
-        if t.eq_ignore_ascii_case("close") {
+        if t.eq_ignore_ascii_case(CLOSE) {
             close = true;
         } else if !is_fixed_hop_by_hop(t) {
             others = true;

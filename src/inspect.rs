@@ -175,10 +175,11 @@ impl Inspector {
 
     /// Run parse, validate and transform on a whole body.
     pub fn inspect(&self, body: &[u8]) -> Result<Outcome, Rejection> {
-        let validate = self.schema.is_some() && self.validation != Validation::Off;
-        let texts = self.transcription == Transcription::StripText;
-        let scan = json::scan_for(body, validate, texts)
-            .map_err(|e| Rejection::InvalidJson(e.to_string()))?;
+        let keep = json::Keep {
+            tape: self.schema.is_some() && self.validation != Validation::Off,
+            texts: self.transcription == Transcription::StripText,
+        };
+        let scan = json::scan_for(body, keep).map_err(|e| Rejection::InvalidJson(e.to_string()))?;
         let mut out = Outcome {
             call_id: scan.call_id.clone().and_then(|r| call_id(body.get(r)?)),
             ..Outcome::default()

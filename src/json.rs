@@ -216,19 +216,31 @@ fn err<T>(offset: usize, what: &'static str) -> Result<T, ParseError> {
     Err(ParseError { offset, what })
 }
 
-/// Scan a whole document strictly, building its tape.
+/// What a scan keeps beyond checking the document (see [`scan_for`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keep {
+    /// The tape, which schema validation walks.
+    pub tape: bool,
+    /// The transcript's texts (`Scan::texts`), which only `strip_text` needs.
+    pub texts: bool,
+}
+
+impl Keep {
+    /// The tape and the texts.
+    pub const ALL: Keep = Keep {
+        tape: true,
+        texts: true,
+    };
+}
+
+/// Scan a whole document strictly, building its tape and recording every span.
 pub fn scan(body: &[u8]) -> Result<Scan<'_>, ParseError> {
-    scan_with(body, true)
+    scan_for(body, Keep::ALL)
 }
 
-/// Scan strictly; keep the tape only when `tape` (schema validation needs it).
-pub fn scan_with(body: &[u8], tape: bool) -> Result<Scan<'_>, ParseError> {
-    scan_for(body, tape, true)
-}
-
-/// Scan strictly; keep the tape only when `tape`, and record the transcript's
-/// texts (`Scan::texts`, which only `strip_text` needs) only when `texts`.
-pub fn scan_for(body: &[u8], tape: bool, texts: bool) -> Result<Scan<'_>, ParseError> {
+/// Scan a whole document strictly, keeping what `keep` asks for (the spans
+/// of `assist.transcription` and `call.id` are always recorded).
+pub fn scan_for(body: &[u8], keep: Keep) -> Result<Scan<'_>, ParseError> {
     if body.starts_with(&[0xEF, 0xBB, 0xBF]) {
         return err(0, "byte-order mark");
     }
@@ -249,7 +261,7 @@ pub fn scan_for(body: &[u8], tape: bool, texts: bool) -> Result<Scan<'_>, ParseE
         // per-thread cache, like the answer buffer in `h1`.
         stack: Vec::with_capacity(8),
         out: Scan {
-            tape: if tape {
+            tape: if keep.tape {
                 // About one entry per 16 bytes of compact JSON: no regrowth.
                 Tape::with_capacity(text, body.len() / 16 + 8)
             } else {
@@ -263,7 +275,7 @@ pub fn scan_for(body: &[u8], tape: bool, texts: bool) -> Result<Scan<'_>, ParseE
         pending_tape_key: (0, 0),
         last_value_start: 0,
         pending_child_place: Place::Other,
-        want_texts: texts,
+        want_texts: keep.texts,
         error: None,
     };
     if s.run().is_err() {
@@ -1211,8 +1223,15 @@ mod tests {
     #[test]
     fn texts_are_recorded_only_when_asked_for() {
         let doc = r#"{"call":{"id":"c"},"assist":{"transcription":{"content":"all","chunks":[{"speaker":"caller","content":"a"},{"content":"b"}]}}}"#;
-        let with = scan_for(doc.as_bytes(), true, true).unwrap();
-        let without = scan_for(doc.as_bytes(), true, false).unwrap();
+        let with = scan_for(doc.as_bytes(), Keep::ALL).unwrap();
+        let without = scan_for(
+            doc.as_bytes(),
+            Keep {
+                tape: true,
+                texts: false,
+            },
+        )
+        .unwrap();
         assert_eq!(with.texts.len(), 3);
         assert!(without.texts.is_empty(), "{:?}", without.texts);
         // Everything else is the same scan.

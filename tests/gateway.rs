@@ -818,6 +818,13 @@ fn every_upstream_response_framing_is_passed_back() {
             b"{\"a\":true}",
             true,
         ),
+        (
+            "chunked, named in another case",
+            raw_up(b"HTTP/1.1 200 OK\r\ntransfer-encoding: Chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", false),
+            200,
+            b"ok",
+            true,
+        ),
         ("read until close", raw_up(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil close", true), 200, b"until close", false),
         ("interim 100 first", raw_up(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", false), 200, b"ok", true),
         ("no content", raw_up(b"HTTP/1.1 204 No Content\r\n\r\n", false), 204, b"", true),
@@ -885,6 +892,29 @@ fn broken_upstream_responses_are_502() {
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n".to_vec(),
         ),
         ("no status line", b"\r\n\r\n".to_vec()),
+        // Transfer-Encoding other than exactly `chunked` (RFC 9112 §6.3; nginx
+        // refuses these answers too): the body would reach the client undecoded,
+        // and a look-alike must not be read as chunked.
+        (
+            "Transfer-Encoding and Content-Length",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n2\r\nok\r\n0\r\n\r\n".to_vec(),
+        ),
+        (
+            "look-alike coding",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: xchunked\r\n\r\n2\r\nok\r\n0\r\n\r\n".to_vec(),
+        ),
+        (
+            "other coding",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nok".to_vec(),
+        ),
+        (
+            "chunked after another coding",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n".to_vec(),
+        ),
+        (
+            "chunked twice",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n".to_vec(),
+        ),
     ] {
         let up = Upstream::start(Behavior::Raw { bytes, close: true });
         let gw = Gateway::start(&config_for(&format!("\"{}\"", up.url("/in")), "", ""));
