@@ -249,7 +249,10 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<(u16, HeaderMap, bool)>, Exch
         let (vs, ve) = at(h.value.as_ptr(), h.value.len());
         *span = (ns, ne, vs, ve);
     }
-    let status = resp.code.ok_or(ExchangeError::Garbage("no status"))?;
+    let status = resp
+        .code
+        .filter(|c| (100..=599).contains(c))
+        .ok_or(ExchangeError::Garbage("no status, or one outside 100-599"))?;
     let version_11 = resp.version == Some(1);
     let head = buf.split_to(n).freeze();
     let mut map = HeaderMap::with_capacity(count);
@@ -300,6 +303,33 @@ fn content_length(h: &HeaderMap) -> Result<Option<usize>, ExchangeError> {
     Ok(found)
 }
 
+/// The size on a chunk-size line (`line` ends with its `\n`), read strictly
+/// (RFC 9112 §7.1): hex digits only, no sign and no whitespace in front,
+/// optional extensions after `;` (their bytes are not interpreted), and a
+/// CRLF ending. A size that does not fit 64 bits is refused, not wrapped.
+fn chunk_size(line: &[u8]) -> Result<usize, ExchangeError> {
+    let bad = ExchangeError::Garbage("bad chunk size");
+    let Some(body) = line.strip_suffix(b"\r\n") else {
+        return Err(ExchangeError::Garbage("chunk size line without CRLF"));
+    };
+    if body.contains(&b'\r') {
+        return Err(bad);
+    }
+    let digits = body.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    let (hex, rest) = body.split_at(digits);
+    // After the digits: nothing, or extensions (with optional whitespace before `;`).
+    let extensions = rest.is_empty() || rest.trim_ascii_start().starts_with(b";");
+    if hex.is_empty() || !extensions {
+        return Err(bad);
+    }
+    hex.iter().try_fold(0usize, |n, &b| {
+        let d = (b as char).to_digit(16).unwrap_or(0) as usize;
+        n.checked_mul(16)
+            .and_then(|n| n.checked_add(d))
+            .ok_or(bad.clone())
+    })
+}
+
 /// Decode a chunked body from `buf` (refilled from `s` as needed).
 async fn read_chunked(
     s: &mut Stream,
@@ -321,19 +351,7 @@ async fn read_chunked(
             }
         };
         let line = buf.split_to(line_end + 1);
-        let text =
-            std::str::from_utf8(&line).map_err(|_| ExchangeError::Garbage("bad chunk size"))?;
-        let digits = text
-            .trim_end_matches(['\r', '\n'])
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim();
-        if digits.is_empty() || digits.len() > 16 {
-            return Err(ExchangeError::Garbage("bad chunk size"));
-        }
-        let size = usize::from_str_radix(digits, 16)
-            .map_err(|_| ExchangeError::Garbage("bad chunk size"))?;
+        let size = chunk_size(&line)?;
         if size == 0 {
             // Trailers, up to the empty line.
             loop {
@@ -349,12 +367,16 @@ async fn read_chunked(
                     }
                 };
                 let l = buf.split_to(end + 1);
-                if l.as_ref() == b"\r\n" || l.as_ref() == b"\n" {
+                if !l.ends_with(b"\r\n") {
+                    return Err(ExchangeError::Garbage("trailer line without CRLF"));
+                }
+                if l.len() == 2 {
                     return Ok(out.freeze());
                 }
             }
         }
-        if out.len() + size > max_body {
+        // Checked before any sum: a size near usize::MAX must not wrap.
+        if size > max_body.saturating_sub(out.len()) {
             return Err(ExchangeError::Garbage("response body too large"));
         }
         while buf.len() < size + 2 {
@@ -374,6 +396,40 @@ async fn read_chunked(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunk_sizes_are_read_strictly() {
+        for (line, size) in [
+            (&b"0\r\n"[..], 0),
+            (b"5\r\n", 5),
+            (b"1aF\r\n", 0x1af),
+            (b"5;name=value\r\n", 5),
+            (b"5 ;name\r\n", 5),
+            // Extension bytes are not read as text (obs-text is allowed there).
+            (b"5;q=\"\xe9\"\r\n", 5),
+            (b"ffffffffffffffff\r\n", usize::MAX),
+            (b"0000000000000000000005\r\n", 5),
+        ] {
+            assert_eq!(chunk_size(line).ok(), Some(size), "{line:?}");
+        }
+        for line in [
+            &b"\r\n"[..],
+            b"+5\r\n",
+            b"-5\r\n",
+            b" 5\r\n",
+            b"5 \r\n",
+            b"5\n",
+            b"5\r\r\n",
+            b"0x5\r\n",
+            b"5g\r\n",
+            b";ext\r\n",
+            // Does not fit 64 bits: refused, not wrapped.
+            b"10000000000000000\r\n",
+            b"fffffffffffffffff\r\n",
+        ] {
+            assert!(chunk_size(line).is_err(), "{line:?}");
+        }
+    }
 
     #[test]
     fn a_head_is_taken_out_of_the_buffer_only_when_complete() {

@@ -19,6 +19,12 @@ const HOP_BY_HOP: &[HeaderName] = &[
     header::PROXY_AUTHENTICATE,
 ];
 
+/// The forwarding headers hookgate rebuilds (not among `http`'s standard
+/// names; a `HeaderName` looks up without parsing a string first).
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// See [`X_FORWARDED_FOR`].
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
 const KEEP_ALIVE: &str = "keep-alive";
 const PROXY_CONNECTION: &str = "proxy-connection";
 /// The `Connection` option that ends the connection after this message.
@@ -113,10 +119,12 @@ pub fn connection_nominated(headers: &HeaderMap) -> Nominated<'_> {
 
 /// Decide which client headers go upstream: everything but hop-by-hop headers,
 /// framing (`Content-Length`, recomputed), `Host` (the upstream's own), `Expect`
-/// (answered here), the forwarding headers (rebuilt), and the shared-secret header.
+/// (answered here), the forwarding headers (rebuilt), and the shared-secret
+/// headers: the route's and the global one (a client may send both while a
+/// route moves to its own secret; neither is ever forwarded).
 pub fn forwardable<'a>(
     headers: &'a HeaderMap,
-    secret_header: Option<&'a HeaderName>,
+    secret_headers: [Option<&'a HeaderName>; 2],
 ) -> impl Iterator<Item = (&'a HeaderName, &'a http::HeaderValue)> + 'a {
     let nominated = connection_nominated(headers);
     headers.iter().filter(move |(name, _)| {
@@ -124,9 +132,9 @@ pub fn forwardable<'a>(
             || *name == header::CONTENT_LENGTH
             || *name == header::HOST
             || *name == header::EXPECT
-            || name.as_str() == "x-forwarded-for"
-            || name.as_str() == "x-forwarded-proto"
-            || Some(*name) == secret_header)
+            || *name == X_FORWARDED_FOR
+            || *name == X_FORWARDED_PROTO
+            || secret_headers.contains(&Some(*name)))
     })
 }
 
@@ -184,7 +192,7 @@ pub fn forwarded_for(
 ) -> Option<http::HeaderValue> {
     if peer_trusted {
         let chain: Vec<&str> = incoming
-            .get_all("x-forwarded-for")
+            .get_all(X_FORWARDED_FOR)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .map(str::trim)
@@ -252,7 +260,7 @@ mod tests {
             ("content-type", "application/json"),
         ]);
         let secret = HeaderName::from_static("x-hookgate-secret");
-        let kept: Vec<&str> = forwardable(&m, Some(&secret))
+        let kept: Vec<&str> = forwardable(&m, [Some(&secret), None])
             .map(|(k, _)| k.as_str())
             .collect();
         assert_eq!(kept, vec!["x-call", "content-type"]);
@@ -264,7 +272,9 @@ mod tests {
             ("x-other", "2"),
             ("x-call", "ok"),
         ]);
-        let kept: Vec<&str> = forwardable(&m, None).map(|(k, _)| k.as_str()).collect();
+        let kept: Vec<&str> = forwardable(&m, [None, None])
+            .map(|(k, _)| k.as_str())
+            .collect();
         assert_eq!(kept, vec!["x-call"]);
         let kept: Vec<&str> = response_forwardable(&m).map(|(k, _)| k.as_str()).collect();
         assert_eq!(kept, vec!["x-call"]);

@@ -265,7 +265,7 @@ impl Gateway {
         let client = self.access.identify(
             peer,
             req.headers
-                .get_all("x-forwarded-for")
+                .get_all(headers::X_FORWARDED_FOR)
                 .iter()
                 .map(HeaderValue::as_bytes),
         );
@@ -457,24 +457,27 @@ impl Gateway {
         route: &Route,
         peer: Option<IpAddr>,
     ) -> Vec<(HeaderName, HeaderValue)> {
-        let secret_header = route.secret.as_ref().map(|s| &s.header);
+        let secret_headers = [
+            route.secret.as_ref().map(|s| &s.header),
+            self.global_secret.as_ref().map(|s| &s.header),
+        ];
         let mut list: Vec<(HeaderName, HeaderValue)> =
-            headers::forwardable(&req.headers, secret_header)
+            headers::forwardable(&req.headers, secret_headers)
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
         let peer_s = peer.map(headers::IpText::new);
         let peer_s = peer_s.as_ref().map_or("", headers::IpText::as_str);
         let trusted = peer.is_some_and(|p| self.access.is_trusted(p));
         if let Some(v) = headers::forwarded_for(&req.headers, peer_s, trusted) {
-            list.push((HeaderName::from_static("x-forwarded-for"), v));
+            list.push((headers::X_FORWARDED_FOR, v));
         }
         let proto = req
             .headers
-            .get("x-forwarded-proto")
+            .get(headers::X_FORWARDED_PROTO)
             .filter(|_| trusted)
             .cloned()
             .unwrap_or(HeaderValue::from_static(self.scheme));
-        list.push((HeaderName::from_static("x-forwarded-proto"), proto));
+        list.push((headers::X_FORWARDED_PROTO, proto));
         list
     }
 

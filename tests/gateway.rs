@@ -892,6 +892,23 @@ fn broken_upstream_responses_are_502() {
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n".to_vec(),
         ),
         ("no status line", b"\r\n\r\n".to_vec()),
+        (
+            "status below 100",
+            b"HTTP/1.1 000 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+        ),
+        // A size that would wrap the length arithmetic after a first chunk.
+        (
+            "chunk size near the top of usize",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\nffffffffffffffff\r\nx".to_vec(),
+        ),
+        (
+            "chunk size with a sign",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n+2\r\nok\r\n0\r\n\r\n".to_vec(),
+        ),
+        (
+            "chunk size line ending in a bare LF",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\nok\r\n0\r\n\r\n".to_vec(),
+        ),
         // Transfer-Encoding other than exactly `chunked` (RFC 9112 §6.3; nginx
         // refuses these answers too): the body would reach the client undecoded,
         // and a look-alike must not be read as chunked.

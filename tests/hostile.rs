@@ -112,6 +112,27 @@ fn per_route_secret_replaces_the_global_one() {
         200
     );
     assert_eq!(up.requests()[0].header("x-route-key"), None);
+    // A client moving to the route's secret may still send the global one:
+    // neither header is forwarded.
+    let r = gw.send(&post_bytes(
+        "/webhooks/crm",
+        &body,
+        &[
+            "X-Route-Key: route-key-0123456789",
+            "X-Hookgate-Secret: global-key-0123456789",
+        ],
+    ));
+    assert_eq!(r.status, 200);
+    let got = &up.requests()[1];
+    assert_eq!(got.header("x-route-key"), None);
+    assert_eq!(got.header("x-hookgate-secret"), None);
+    assert!(
+        !got.headers
+            .iter()
+            .any(|(_, v)| v.contains("key-0123456789")),
+        "a secret value reached the upstream: {:?}",
+        got.headers
+    );
 }
 
 // ------------------------------------------------------------ smuggling and framing
