@@ -42,6 +42,13 @@ pub fn check_head(raw: &[u8], limits: HeadLimits) -> Result<BodyFraming, Framing
     if raw.len() > limits.max_bytes {
         return Err(FramingError::TooLarge("request head too large"));
     }
+    // Empty lines before the request line are ignored (RFC 9112 §2.2), as
+    // httparse and nginx ignore them; only CRLF ones. (pingora's raw head
+    // leaves them out already; a caller of this function may not.)
+    let mut raw = raw;
+    while let Some(rest) = raw.strip_prefix(b"\r\n") {
+        raw = rest;
+    }
     // Line ends: every LF is preceded by CR, every CR followed by LF.
     for (i, &b) in raw.iter().enumerate() {
         match b {
@@ -153,6 +160,20 @@ mod tests {
             Ok(BodyFraming::Chunked)
         );
         assert_eq!(check_head(&head(&["Host: a"]), L), Ok(BodyFraming::None));
+        // Empty lines before the request line are skipped; headers after it
+        // are still checked.
+        let mut h = b"\r\n\r\n".to_vec();
+        h.extend_from_slice(&head(&["Host: a", "Content-Length: 12"]));
+        assert_eq!(check_head(&h, L), Ok(BodyFraming::Length(12)));
+        let mut h = b"\r\n".to_vec();
+        h.extend_from_slice(&head(&["Content-Length: 1", "Content-Length: 1"]));
+        assert!(check_head(&h, L).is_err());
+        let mut h = b"\n".to_vec();
+        h.extend_from_slice(&head(&["Host: a"]));
+        assert!(
+            check_head(&h, L).is_err(),
+            "a bare LF is not an empty line here"
+        );
         assert_eq!(
             check_head(&head(&["Content-Length: 0"]), L),
             Ok(BodyFraming::None)

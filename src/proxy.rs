@@ -603,13 +603,15 @@ async fn read_body(
         .headers
         .get(header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    if expects_continue && s.write_continue_response().await.is_err() {
-        return Err(Rejection::BadRequest("client went away".into()));
-    }
-    // Reserve the declared size up front; a chunked body reserves as it grows.
+    // Reserve the declared size up front, before a `100 Continue` invites the
+    // body (an overloaded gateway answers 503 before the client uploads); a
+    // chunked body reserves as it grows.
     let mut permit: Option<OwnedSemaphorePermit> = None;
     if let Some(n) = declared.filter(|n| *n > 0) {
         permit = Some(reserve(budget, n as usize)?);
+    }
+    if expects_continue && s.write_continue_response().await.is_err() {
+        return Err(Rejection::BadRequest("client went away".into()));
     }
     let deadline = tokio::time::Instant::now() + limits.body_timeout;
     let capacity = declared.unwrap_or(16 * 1024).min(max) as usize;

@@ -242,6 +242,19 @@ fn a_request_smuggled_behind_a_body_is_never_processed() {
 }
 
 #[test]
+fn empty_lines_before_the_request_line_are_ignored() {
+    let up = Upstream::start(ok_answer());
+    let gw = Gateway::start(&cfg(&up, "", ""));
+    let body = payload(0);
+    let mut req = b"\r\n\r\n".to_vec();
+    req.extend_from_slice(&post_bytes("/webhooks/crm", &body, &[]));
+    let r = raw(gw.addr, &req).unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(up.count(), 1);
+    assert!(up.requests()[0].body == body);
+}
+
+#[test]
 fn header_limits_are_431() {
     let up = Upstream::start(ok_answer());
     let gw = Gateway::start(&cfg(&up, "", "").replace(
@@ -388,6 +401,38 @@ fn proc_status_kib(pid: i32, key: &str) -> u64 {
         .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(':')))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
+}
+
+#[test]
+fn an_exhausted_body_budget_answers_503_before_100_continue() {
+    let up = Upstream::start(ok_answer());
+    let cfg = cfg(&up, "", "").replace(
+        "[limits]\nmax_body_bytes = 1048576",
+        "[limits]\nmax_body_bytes = 1048576\nmax_inflight_body_bytes = 1048576",
+    );
+    assert!(cfg.contains("max_inflight_body_bytes = 1048576"), "{cfg}");
+    let gw = Gateway::start(&cfg);
+    // A client that declares the whole budget and sends its body slowly.
+    let mut holder = connect(gw.addr);
+    holder
+        .write_all(b"POST /webhooks/crm HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1048576\r\n\r\n{")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // A second client asks before uploading: it is refused without an
+    // invitation to send its body.
+    let mut s = connect(gw.addr);
+    s.write_all(b"POST /webhooks/crm HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\nExpect: 100-continue\r\n\r\n")
+        .unwrap();
+    let mut first = [0u8; 12];
+    s.read_exact(&mut first).unwrap();
+    assert_eq!(
+        &first,
+        b"HTTP/1.1 503",
+        "{}",
+        String::from_utf8_lossy(&first)
+    );
+    drop(holder);
+    assert_eq!(up.count(), 0);
 }
 
 #[test]
