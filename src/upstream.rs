@@ -120,7 +120,16 @@ pub struct Deliverer {
 /// Appends lines to one file; one writer per file even if several routes share it.
 pub struct FileWriter {
     path: PathBuf,
-    file: tokio::sync::Mutex<Option<tokio::fs::File>>,
+    file: tokio::sync::Mutex<Option<Sink>>,
+}
+
+/// The open archive file.
+struct Sink {
+    file: tokio::fs::File,
+    /// The file may end inside a line: it was just opened (an earlier run may
+    /// have stopped mid-write), or the last append failed or ran out of time
+    /// part-way. Checked before the next line is written.
+    torn: bool,
 }
 
 impl Deliverer {
@@ -211,7 +220,14 @@ impl Deliverer {
         budget: Duration,
     ) -> Result<(Answer, u32), Failure> {
         match &dest.kind {
-            Kind::File(w) => w.append(&req.body).await.map(|a| (a, 0)),
+            // The route's timeout bounds the append too (a hung disk or
+            // network filesystem answers 504, as a hung upstream does).
+            Kind::File(w) => {
+                match tokio::time::timeout(budget.min(dest.timeout), w.append(&req.body)).await {
+                    Ok(answer) => answer.map(|a| (a, 0)),
+                    Err(_) => Err(Failure::Timeout),
+                }
+            }
             Kind::Http { targets, next } => {
                 let deadline = Instant::now() + budget.min(dest.timeout);
                 let start = next.fetch_add(1, Ordering::Relaxed);
@@ -318,26 +334,44 @@ fn peer_for(t: &HttpTarget, timeout: Duration) -> HttpPeer {
 
 impl FileWriter {
     async fn append(&self, body: &[u8]) -> Result<Answer, Failure> {
+        let failed =
+            |e: std::io::Error| Failure::Unavailable(format!("archive file: {}", e.kind()));
         let mut line = compact_json_line(body);
         line.push(b'\n');
         let mut guard = self.file.lock().await;
         if guard.is_none() {
-            let f = tokio::fs::OpenOptions::new()
+            let file = tokio::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
+                .read(true)
                 .open(&self.path)
                 .await
-                .map_err(|e| Failure::Unavailable(format!("archive file: {}", e.kind())))?;
-            *guard = Some(f);
+                .map_err(failed)?;
+            *guard = Some(Sink { file, torn: true });
         }
-        let Some(file) = guard.as_mut() else {
+        let Some(sink) = guard.as_mut() else {
             return Err(Failure::Unavailable("archive file not open".into()));
         };
-        if let Err(e) = file.write_all(&line).await.and(file.flush().await) {
+        if sink.torn {
+            // End the broken line first, so that this record stays whole.
+            if !ends_a_line(&mut sink.file).await.map_err(failed)? {
+                line.insert(0, b'\n');
+            }
+        }
+        // Until the write is through, a cancelled or failed append may leave
+        // part of the line behind.
+        sink.torn = true;
+        if let Err(e) = sink
+            .file
+            .write_all(&line)
+            .await
+            .and(sink.file.flush().await)
+        {
             // Reopen next time: the file may have been rotated or the disk freed.
             *guard = None;
-            return Err(Failure::Unavailable(format!("archive file: {}", e.kind())));
+            return Err(failed(e));
         }
+        sink.torn = false;
         let mut headers = http::HeaderMap::new();
         headers.insert(
             http::header::CONTENT_TYPE,
@@ -349,6 +383,20 @@ impl FileWriter {
             body: Bytes::from_static(b"{\"status\":\"accepted\"}"),
         })
     }
+}
+
+/// Whether `file` is empty or ends with a newline. Anything but a regular file
+/// (a FIFO, `/dev/null`) cannot be read back and counts as ending one.
+async fn ends_a_line(file: &mut tokio::fs::File) -> std::io::Result<bool> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let meta = file.metadata().await?;
+    if !meta.is_file() || meta.len() == 0 {
+        return Ok(true);
+    }
+    file.seek(std::io::SeekFrom::End(-1)).await?;
+    let mut last = [0u8; 1];
+    file.read_exact(&mut last).await?;
+    Ok(last == *b"\n")
 }
 
 /// Remove insignificant whitespace from a valid JSON text, so it fits on one line.

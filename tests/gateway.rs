@@ -568,6 +568,56 @@ fn file_upstream_appends_json_lines() {
     }
 }
 
+#[test]
+fn file_upstream_ends_a_torn_line_before_appending() {
+    let gw = Gateway::start(&config_for("\"file:{DIR}/out/webhooks.jsonl\"", "", ""));
+    // What a run stopped mid-write leaves: a line without its end.
+    let path = gw.dir.path().join("out/webhooks.jsonl");
+    std::fs::write(&path, b"{\"torn\":").unwrap();
+    let body = payload(0);
+    for _ in 0..2 {
+        assert_eq!(gw.post("/webhooks/crm", &body).status, 202);
+    }
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert_eq!(lines[0], "{\"torn\":");
+    let want: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    for l in &lines[1..] {
+        let got: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert_eq!(got, want);
+    }
+}
+
+#[test]
+fn a_file_upstream_that_hangs_is_a_504_within_the_route_timeout() {
+    let cfg = config_for("\"file:{DIR}/out/webhooks.jsonl\"", "", "")
+        .replace("timeout_ms = 1500", "timeout_ms = 500");
+    assert!(cfg.contains("timeout_ms = 500"), "{cfg}");
+    let gw = Gateway::start(&cfg);
+    // A FIFO nobody reads: the write blocks once the pipe's buffer is full.
+    let path = gw.dir.path().join("out/webhooks.jsonl");
+    let _ = std::fs::remove_file(&path);
+    let made = std::process::Command::new("mkfifo")
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let body = payload(200_000);
+    for _ in 0..2 {
+        let t = std::time::Instant::now();
+        let r = gw.post("/webhooks/crm", &body);
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (504, "upstream_timeout"),
+            "{r:?}"
+        );
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    }
+    // The gateway still answers other requests.
+    assert_eq!(gw.post("/webhooks/nope", &payload(0)).status, 404);
+}
+
 // ------------------------------------------------------------ inspection
 
 #[test]
