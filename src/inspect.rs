@@ -317,6 +317,76 @@ mod tests {
         ));
     }
 
+    /// A member name that shares the fingerprint of a short name hookgate
+    /// looks for: `short` with its last byte's low bit flipped or a byte
+    /// added, padded to 256 + its length (the fingerprint keeps only part of
+    /// the length), as JSON text.
+    fn lookalike(short: &str) -> String {
+        let mut name: Vec<u8> = short.as_bytes().to_vec();
+        if name.len() < 7 {
+            name.resize(6, 0);
+            name.push(1);
+        } else if let Some(last) = name.get_mut(6) {
+            *last ^= 1;
+        }
+        name.resize(256 + short.len(), b'A');
+        let text = String::from_utf8(name).unwrap();
+        serde_json::to_string(&text).unwrap()
+    }
+
+    #[test]
+    fn names_that_share_a_fingerprint_do_not_pass_for_the_real_ones() {
+        // Fingerprints are equal (the scanner's own function), names are not.
+        for short in ["call", "assist", "id", "content", "chunks"] {
+            let long: String = serde_json::from_str(&lookalike(short)).unwrap();
+            let fp = |n: &[u8]| crate::json::tests_fingerprint(n);
+            assert_eq!(fp(long.as_bytes()), fp(short.as_bytes()), "{short}");
+        }
+        let strip = Inspector::new(None, Validation::Off, Transcription::Strip);
+        let strip_text = Inspector::new(None, Validation::Off, Transcription::StripText);
+        let cut = |i: &Inspector, doc: &str| {
+            let out = i.inspect(doc.as_bytes()).unwrap();
+            String::from_utf8(out.body.unwrap_or_else(|| doc.as_bytes().to_vec())).unwrap()
+        };
+        // A second "assist" with a null transcription must not stop the cut.
+        let doc = format!(
+            r#"{{"call":{{"id":"c1"}},"assist":{{"transcription":{{"content":"SECRET","chunks":[]}}}},{}:{{"transcription":null}}}}"#,
+            lookalike("assist")
+        );
+        for i in [&strip, &strip_text] {
+            let out = cut(i, &doc);
+            assert!(!out.contains("SECRET"), "{out}");
+            serde_json::from_str::<serde_json::Value>(&out).unwrap();
+        }
+        // Nor may a second one's transcription be cut in place of the real one.
+        let doc = format!(
+            r#"{{"assist":{{"transcription":{{"content":"SECRET"}}}},{}:{{"transcription":{{"content":"decoy"}}}}}}"#,
+            lookalike("assist")
+        );
+        let out = cut(&strip, &doc);
+        assert!(!out.contains("SECRET") && out.contains("decoy"), "{out}");
+        // A chunk member that looks like "content" beside the real one.
+        let doc = format!(
+            r#"{{"assist":{{"transcription":{{"chunks":[{{{}:"","content":"SECRET","speaker":"caller"}}]}}}}}}"#,
+            lookalike("content")
+        );
+        let out = cut(&strip_text, &doc);
+        assert!(!out.contains("SECRET"), "{out}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            v["assist"]["transcription"]["chunks"][0]["speaker"],
+            "caller"
+        );
+        // A lookalike "call" or "id" does not give the logged call id.
+        let doc = format!(
+            r#"{{"call":{{"id":"real",{}:"fake"}},{}:{{"id":"fake2"}}}}"#,
+            lookalike("id"),
+            lookalike("call")
+        );
+        let out = strip.inspect(doc.as_bytes()).unwrap();
+        assert_eq!(out.call_id.as_deref(), Some("real"));
+    }
+
     #[test]
     fn report_mode_forwards_and_lists_violations() {
         let f = schema_file(r#"{"required":["version"]}"#);

@@ -154,6 +154,12 @@ const fn name_fingerprint(word: u64, len: usize) -> u64 {
     (word & keep) ^ ((len as u64) << 56) ^ (((len as u64) >> 8) << 48)
 }
 
+/// The fingerprint of a decoded member name (for tests elsewhere in the crate).
+#[cfg(test)]
+pub(crate) fn tests_fingerprint(name: &[u8]) -> u64 {
+    fingerprint(name, 0..name.len())
+}
+
 /// The fingerprint of a name given in the source (for the names hookgate
 /// looks for).
 const fn literal_fingerprint(name: &[u8]) -> u64 {
@@ -436,20 +442,26 @@ impl<'a> Scanner<'a> {
         let Some(top) = self.stack.last_mut() else {
             return self.fail(key_start, "internal");
         };
-        // Names of up to 7 bytes are their fingerprint, so one compare tells
-        // them; longer ones are compared byte for byte once the fingerprint matches.
+        // The fingerprint rules out almost every other name in one compare;
+        // the bytes are compared only when it matches. (A fingerprint keeps
+        // only part of the length: a name of 256 bytes or more can share the
+        // fingerprint of a short one, and must not pass for it.)
         let (target, child) = match (top.place, key_ref.fp) {
             (Place::Other, _) => (Target::None, Place::Other),
-            (Place::Root, FP_CALL) => (Target::None, Place::Call),
-            (Place::Root, FP_ASSIST) => (Target::None, Place::Assist),
-            (Place::Call, FP_ID) => (Target::CallId, Place::Other),
+            (Place::Root, FP_CALL) if key == b"call" => (Target::None, Place::Call),
+            (Place::Root, FP_ASSIST) if key == b"assist" => (Target::None, Place::Assist),
+            (Place::Call, FP_ID) if key == b"id" => (Target::CallId, Place::Other),
             (Place::Assist, FP_TRANSCRIPTION) if key == b"transcription" => {
                 (Target::Transcription, Place::Transcription)
             }
             // Without texts to record, the chunks are ordinary objects.
-            (Place::Transcription, FP_CONTENT) if self.want_texts => (Target::Text, Place::Other),
-            (Place::Transcription, FP_CHUNKS) if self.want_texts => (Target::None, Place::Chunks),
-            (Place::Chunk, FP_CONTENT) => (Target::Text, Place::Other),
+            (Place::Transcription, FP_CONTENT) if self.want_texts && key == b"content" => {
+                (Target::Text, Place::Other)
+            }
+            (Place::Transcription, FP_CHUNKS) if self.want_texts && key == b"chunks" => {
+                (Target::None, Place::Chunks)
+            }
+            (Place::Chunk, FP_CONTENT) if key == b"content" => (Target::Text, Place::Other),
             _ => (Target::None, Place::Other),
         };
         // Duplicates: a pass over this object's names while it is small, a set after.
@@ -1004,14 +1016,15 @@ pub fn unescape(raw: &[u8]) -> Vec<u8> {
 /// inside an earlier one is taken as removed with it.
 pub fn splice_out(body: &[u8], mut cuts: Vec<Range<usize>>) -> Vec<u8> {
     cuts.sort_by_key(|r| r.start);
-    // Nested in a previous cut: already gone with it.
-    let mut at = 0;
-    cuts.retain(|r| {
-        let outer = r.start >= at;
-        if outer {
-            at = r.end;
+    // Cuts that overlap or touch become one: their union goes (a cut nested in
+    // another goes with it; one that starts inside another and ends beyond it
+    // takes the rest too).
+    cuts.dedup_by(|next, kept| {
+        let joins = next.start <= kept.end;
+        if joins {
+            kept.end = kept.end.max(next.end);
         }
-        outer
+        joins
     });
     // Exactly the bytes kept: a small result stays a small allocation.
     let removed: usize = cuts.iter().map(|r| r.end.saturating_sub(r.start)).sum();
@@ -1317,6 +1330,10 @@ mod tests {
         // Unsorted, one nested in another, one adjacent to it.
         let out = splice_out(body, vec![10..12, 2..6, 3..5, 6..7]);
         assert_eq!(out, b"01789cdef");
+        // One that starts inside another and ends beyond it: the union goes.
+        let out = splice_out(body, vec![5..9, 2..6, 12..14, 13..16]);
+        assert_eq!(out, b"019ab");
+        assert_eq!(out.capacity(), out.len());
         assert_eq!(out.capacity(), out.len());
         assert_eq!(splice_out(body, vec![]), body.to_vec());
         let whole = 0..body.len();

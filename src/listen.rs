@@ -6,7 +6,7 @@
 
 use socket2::{Domain, Socket, Type};
 use std::collections::HashSet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// Ports chosen for port-0 addresses, held until dropped.
 ///
@@ -66,6 +66,22 @@ pub fn check_bindable<'a>(
         std::net::TcpListener::bind(addr).map_err(|e| (*addr, e))?;
     }
     Ok(())
+}
+
+/// Whether two listening addresses would claim the same port, so that the
+/// second bind fails: the same port (not 0) and the same IP, or a wildcard
+/// that covers the other. `0.0.0.0` covers every IPv4 address; `[::]` covers
+/// both families, since Linux binds it dual-stack unless told otherwise.
+pub fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    if a.port() == 0 || a.port() != b.port() {
+        return false;
+    }
+    let (x, y) = (a.ip().to_canonical(), b.ip().to_canonical());
+    let covers = |w: IpAddr, other: IpAddr| match w {
+        IpAddr::V4(v) => v.is_unspecified() && other.is_ipv4(),
+        IpAddr::V6(v) => v.is_unspecified(),
+    };
+    x == y || covers(x, y) || covers(y, x)
 }
 
 /// The TCP ports this process listens on (Linux: its socket descriptors
@@ -146,6 +162,34 @@ mod tests {
         l.listen(8).unwrap();
         drop(held);
         std::net::TcpStream::connect(a).unwrap();
+    }
+
+    #[test]
+    fn overlapping_listen_addresses_are_told() {
+        let o = |a: &str, b: &str| overlaps(a.parse().unwrap(), b.parse().unwrap());
+        for (a, b) in [
+            ("0.0.0.0:8080", "0.0.0.0:8080"),
+            ("0.0.0.0:8080", "[::]:8080"),
+            ("0.0.0.0:8080", "127.0.0.1:8080"),
+            ("[::]:8080", "127.0.0.1:8080"),
+            ("[::]:8080", "[::1]:8080"),
+            ("127.0.0.1:8080", "[::ffff:127.0.0.1]:8080"),
+        ] {
+            assert!(o(a, b) && o(b, a), "{a} and {b} overlap");
+        }
+        for (a, b) in [
+            ("0.0.0.0:8080", "0.0.0.0:8081"),
+            ("127.0.0.1:8080", "127.0.0.2:8080"),
+            ("0.0.0.0:8080", "[::1]:8080"),
+            ("127.0.0.1:8080", "[::1]:8080"),
+            ("127.0.0.1:0", "127.0.0.1:0"),
+        ] {
+            assert!(!o(a, b) && !o(b, a), "{a} and {b} do not overlap");
+        }
+        // Both orders bind as claimed (dual-stack [::] where the host has IPv6).
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        assert!(std::net::TcpListener::bind(("0.0.0.0", port)).is_err());
     }
 
     #[test]

@@ -629,11 +629,28 @@ impl Builder<'_> {
             max_inflight_body_bytes: fc.limits.max_inflight_body_bytes,
         };
 
+        // Two listeners on one port: the second bind would fail after start
+        // (pingora gives up on that whole service while the process runs on).
+        for (i, a) in listen.iter().enumerate() {
+            if let Some(j) = listen
+                .iter()
+                .take(i)
+                .position(|b| crate::listen::overlaps(*a, *b))
+            {
+                self.err(
+                    format!("server.listen[{i}]"),
+                    format!(
+                        "{a} overlaps server.listen[{j}] (the same port on a covering address)"
+                    ),
+                );
+            }
+        }
+
         // [metrics]
         let metrics_listen = self.socket_addr("metrics.listen", &fc.metrics.listen);
         if let Some(m) = metrics_listen {
-            if m.port() != 0 && listen.contains(&m) {
-                self.err("metrics.listen", "must differ from every server.listen address: metrics are never served on the public listener");
+            if listen.iter().any(|l| crate::listen::overlaps(m, *l)) {
+                self.err("metrics.listen", "must not overlap any server.listen address: metrics are never served on the public listener");
             }
         }
 
@@ -644,7 +661,21 @@ impl Builder<'_> {
             .clone()
             .unwrap_or_else(|| vec![SIPGATE_SOURCE.to_string()]);
         let allow = self.nets("access.allow", &allow_list);
+        if allow_list.is_empty() {
+            self.err(
+                "access.allow",
+                "is empty: every connection would be refused (leave it out for sipgate's address)",
+            );
+        }
         let trusted = self.nets("access.trusted_proxies", &fc.access.trusted_proxies);
+        for (i, n) in trusted.iter().enumerate() {
+            if n.prefix_len() == 0 {
+                self.err(
+                    format!("access.trusted_proxies[{i}]"),
+                    format!("{n} trusts every address: any client could forge X-Forwarded-For and pass the allow list"),
+                );
+            }
+        }
         let access = AccessPolicy::new(allow, trusted);
         let secret = fc
             .access
@@ -827,6 +858,14 @@ impl Builder<'_> {
             self.err(
                 format!("{at}.path"),
                 "must start with / and hold no query, fragment or space",
+            );
+            ok = false;
+        } else if r.path.contains("${") {
+            // Not expanded: a path is logged and shown, so it is no place for a
+            // secret (use `secret`, a header, instead).
+            self.err(
+                format!("{at}.path"),
+                "environment values are not read in a path (it appears in logs); use `secret` for a shared secret",
             );
             ok = false;
         }
@@ -1361,12 +1400,18 @@ mod tests {
         };
         // Two port-0 addresses are two different free ports.
         assert_eq!(with("127.0.0.1:0", "127.0.0.1:0"), Vec::<String>::new());
-        let same = with("127.0.0.1:9464", "127.0.0.1:9464");
-        assert!(
-            same.iter()
-                .any(|e| e.contains("metrics.listen") && e.contains("must differ")),
-            "{same:?}"
-        );
+        for (public, metrics) in [
+            ("127.0.0.1:9464", "127.0.0.1:9464"),
+            // The wildcard covers the metrics address (the default one).
+            ("0.0.0.0:9464", "127.0.0.1:9464"),
+        ] {
+            let same = with(public, metrics);
+            assert!(
+                same.iter()
+                    .any(|e| e.contains("metrics.listen") && e.contains("must not overlap")),
+                "{same:?}"
+            );
+        }
     }
 
     #[test]
@@ -1415,6 +1460,49 @@ mod tests {
                 path: "/etc/hookgate/out.jsonl".into()
             })
         );
+    }
+
+    #[test]
+    fn settings_that_would_break_or_open_the_gateway_are_refused() {
+        let errs = errors(
+            r#"
+[server]
+listen = ["0.0.0.0:8080", "[::]:8080", "127.0.0.1:8081", "127.0.0.1:0", "127.0.0.1:0"]
+
+[metrics]
+listen = "127.0.0.1:8081"
+
+[access]
+allow = []
+trusted_proxies = ["10.0.0.0/8", "::/0"]
+
+[[route]]
+name = "a"
+path = "/hooks/${TOKEN}"
+upstream = "http://127.0.0.1:1"
+"#,
+        );
+        let joined = errors_joined(&errs);
+        assert!(
+            joined.contains("server.listen[1]: [::]:8080 overlaps server.listen[0]"),
+            "{joined}"
+        );
+        assert!(
+            !joined.contains("server.listen[4]"),
+            "port 0 twice is fine: {joined}"
+        );
+        assert!(
+            joined.contains("metrics.listen: must not overlap"),
+            "{joined}"
+        );
+        assert!(joined.contains("access.allow: is empty"), "{joined}");
+        assert!(joined.contains("access.trusted_proxies[1]"), "{joined}");
+        assert!(!joined.contains("access.trusted_proxies[0]"), "{joined}");
+        assert!(
+            joined.contains("route[0] \"a\".path: environment values"),
+            "{joined}"
+        );
+        assert_eq!(errs.len(), 5, "{joined}");
     }
 
     #[test]
