@@ -250,6 +250,11 @@ pub fn scan_for(body: &[u8], keep: Keep) -> Result<Scan<'_>, ParseError> {
     if body.starts_with(&[0xEF, 0xBB, 0xBF]) {
         return err(0, "byte-order mark");
     }
+    // Offsets on the tape are 32 bits (the gateway's bodies are at most 64 MiB;
+    // only `hookgate validate` could be handed more).
+    if u32::try_from(body.len()).is_err() {
+        return err(0, "document larger than 4 GiB");
+    }
     // SIMD validation (simdutf8); the error's offset comes from its
     // std-compatible variant, run only on a body that failed.
     let text = match simdutf8::basic::from_utf8(body) {

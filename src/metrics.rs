@@ -15,9 +15,10 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     5.0, 7.5, 10.0, 15.0, 30.0,
 ];
 
-/// Body size buckets, in bytes: 256 B up to 4 MiB.
+/// Body size buckets, in bytes: 256 B up to 64 MiB, the largest body a route
+/// may accept (`max_body_bytes`).
 pub const SIZE_BUCKETS: &[f64] = &[
-    256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
+    256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0, 67108864.0,
 ];
 
 /// The `status` label values of `hookgate_upstream_responses_total`.

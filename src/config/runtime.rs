@@ -211,9 +211,10 @@ impl Default for Redelivery {
 /// One HTTP upstream target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpTarget {
-    /// The URL as configured (for summaries; holds no secret by convention).
+    /// The URL as configured, for summaries and logs, with any query shown as
+    /// `?…` (a query may carry a key, e.g. from `${NAME}`).
     pub url: String,
-    /// Resolved address.
+    /// Resolved address (one target per address a name resolves to).
     pub addr: SocketAddr,
     /// `https`?
     pub tls: bool,
@@ -451,6 +452,19 @@ impl Builder<'_> {
     }
 
     /// Expand `${NAME}` from the environment.
+    /// `msg` with the value of every `${NAME}` that `raw` refers to written
+    /// as `${NAME}` again (for messages about a value read from the environment).
+    fn unexpand(&self, raw: &str, mut msg: String) -> String {
+        let mut rest = raw;
+        while let Some((name, after)) = rest.split_once("${").and_then(|(_, a)| a.split_once('}')) {
+            if let Some(v) = self.env.var(name).filter(|v| !v.is_empty()) {
+                msg = msg.replace(&v, &format!("${{{name}}}"));
+            }
+            rest = after;
+        }
+        msg
+    }
+
     fn expand(&mut self, at: &str, value: &str) -> String {
         let mut out = String::with_capacity(value.len());
         let mut rest = value;
@@ -1116,6 +1130,7 @@ impl Builder<'_> {
             self.err(at, "at least one upstream is needed");
             return None;
         }
+        let configured = list.clone();
         let list: Vec<String> = list
             .iter()
             .enumerate()
@@ -1135,18 +1150,27 @@ impl Builder<'_> {
             }));
         }
         let mut targets = Vec::new();
+        let mut failures = 0;
         for (i, s) in list.iter().enumerate() {
             let uat = if list.len() > 1 {
                 format!("{at}[{i}]")
             } else {
                 at.to_string()
             };
-            match parse_http_target(s) {
-                Ok(t) => targets.push(t),
-                Err(e) => self.err(uat, e),
+            match parse_http_targets(s) {
+                Ok(t) => targets.extend(t),
+                // What came from the environment may be a key: shown by name.
+                Err(e) => {
+                    failures += 1;
+                    let e = match configured.get(i) {
+                        Some(raw) => self.unexpand(raw, e),
+                        None => e,
+                    };
+                    self.err(uat, e)
+                }
             }
         }
-        (targets.len() == list.len()).then_some(Upstream::Http(targets))
+        (failures == 0 && !targets.is_empty()).then_some(Upstream::Http(targets))
     }
 }
 
@@ -1174,6 +1198,17 @@ pub fn load_ca_file(path: &Path) -> Result<Vec<Vec<u8>>, String> {
 /// ASCII names, and the path is sent as written. Non-ASCII characters and
 /// spaces are refused rather than percent-encoded.
 pub fn parse_http_target(s: &str) -> Result<HttpTarget, String> {
+    parse_http_targets(s)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| format!("{s:?} resolves to no address"))
+}
+
+/// One target per address the URL's host resolves to (once, at start), as
+/// nginx makes one server of each: requests go round the list, and one whose
+/// connect fails goes on to the next (`localhost` may give `::1` first while
+/// the upstream listens on 127.0.0.1 only).
+pub fn parse_http_targets(s: &str) -> Result<Vec<HttpTarget>, String> {
     if s.bytes().any(|b| !b.is_ascii_graphic()) {
         return Err(format!(
             "{s:?} is not a URL: spaces, control and non-ASCII characters must be percent-encoded"
@@ -1221,11 +1256,18 @@ pub fn parse_http_target(s: &str) -> Result<HttpTarget, String> {
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_string();
-    let addr = (bare_host.as_str(), port)
+    let mut addrs: Vec<SocketAddr> = Vec::new();
+    for a in (bare_host.as_str(), port)
         .to_socket_addrs()
         .map_err(|e| format!("cannot resolve {host}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{host} resolves to no address"))?;
+    {
+        if !addrs.contains(&a) {
+            addrs.push(a);
+        }
+    }
+    if addrs.is_empty() {
+        return Err(format!("{host} resolves to no address"));
+    }
     // The scheme's own port is left out of Host, as browsers and curl do.
     let authority = if port == default_port {
         host.clone()
@@ -1237,14 +1279,21 @@ pub fn parse_http_target(s: &str) -> Result<HttpTarget, String> {
         Some(pq) => format!("/{pq}"),
         None => "/".to_string(),
     };
-    Ok(HttpTarget {
-        url: s.to_string(),
-        addr,
-        tls,
-        sni: bare_host,
-        authority,
-        path,
-    })
+    let url = match s.split_once('?') {
+        Some((before, _)) => format!("{before}?…"),
+        None => s.to_string(),
+    };
+    Ok(addrs
+        .into_iter()
+        .map(|addr| HttpTarget {
+            url: url.clone(),
+            addr,
+            tls,
+            sni: bare_host.clone(),
+            authority: authority.clone(),
+            path: path.clone(),
+        })
+        .collect())
 }
 
 /// serde messages mention Rust-isms; keep them readable.
@@ -1571,6 +1620,48 @@ set = { "X-T" = "${MISSING}" }
     /// What an upstream URL turns into: the address dialled, the `Host` header,
     /// the SNI name and the path sent. Pins the behaviour down for any change
     /// of URL parser.
+    #[test]
+    fn every_address_of_an_upstream_name_is_a_target_and_its_query_is_not_shown() {
+        let want: Vec<SocketAddr> = {
+            let mut v: Vec<SocketAddr> = ("localhost", 9).to_socket_addrs().unwrap().collect();
+            v.dedup();
+            v
+        };
+        let got = parse_http_targets("http://localhost:9/in?key=s3cr3t-value").unwrap();
+        let addrs: Vec<SocketAddr> = got.iter().map(|t| t.addr).collect();
+        assert!(addrs.contains(&"127.0.0.1:9".parse().unwrap()), "{addrs:?}");
+        assert_eq!(addrs.len(), want.len(), "{addrs:?} against {want:?}");
+        for t in &got {
+            assert!(t.addr.ip().is_loopback());
+            assert_eq!(t.path, "/in?key=s3cr3t-value");
+            assert_eq!(t.url, "http://localhost:9/in?…");
+        }
+        // Nor in the summary, nor in an error about a URL taken from the environment.
+        let cfg = load_str(
+            "[[route]]\nname = \"crm\"\npath = \"/hook\"\nupstream = \"http://127.0.0.1:9/x?key=${UP_KEY}\"\n",
+            Path::new("/etc/hookgate/hookgate.toml"),
+            &HashMap::from([("UP_KEY".to_string(), "s3cr3t-value".to_string())]),
+        )
+        .unwrap();
+        assert!(!cfg.summary().contains("s3cr3t"), "{}", cfg.summary());
+        let errs = load_str(
+            "[[route]]\nname = \"crm\"\npath = \"/hook\"\nupstream = \"http://127.0.0.1:0${UP_KEY}/x\"\n",
+            Path::new("/etc/hookgate/hookgate.toml"),
+            &HashMap::from([("UP_KEY".to_string(), "s3cr3t-value".to_string())]),
+        )
+        .unwrap_err();
+        let joined = errs
+            .errors
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(
+            joined.contains("${UP_KEY}") && !joined.contains("s3cr3t"),
+            "{joined}"
+        );
+    }
+
     #[test]
     fn upstream_urls_parse_to_address_host_sni_and_path() {
         let t = parse_http_target("http://127.0.0.1:9000/hooks/in?x=1").unwrap();
