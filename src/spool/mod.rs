@@ -122,6 +122,15 @@ impl Drop for Reservation {
     }
 }
 
+/// What a record of `len` bytes takes on disk, as the budget counts it: whole
+/// 4 KiB blocks (most filesystems' allocation unit), plus one for the state
+/// file a failed message gets. Counting bytes let a spool of 1 KiB webhooks
+/// use several times `max_bytes`.
+pub fn disk_use(len: u64) -> u64 {
+    const BLOCK: u64 = 4096;
+    len.div_ceil(BLOCK).saturating_add(1).saturating_mul(BLOCK)
+}
+
 /// One waiting message.
 #[derive(Debug, Clone)]
 pub struct Entry {
@@ -363,13 +372,24 @@ impl Spool {
         })
     }
 
-    /// Whether the route has messages waiting or is paused: a `proxy_or_spool`
-    /// first try would then overtake older webhooks.
+    /// Whether the route is paused or has messages waiting that a
+    /// `proxy_or_spool` first try would overtake. Messages set aside after
+    /// their own failures (or stuck, or the suspect) do not count: the worker
+    /// steps over them too, and one bad message must not turn the route into
+    /// spool-only for hours. Looks at a bounded number of entries; a long run
+    /// of set-aside ones counts as a backlog.
     pub fn has_backlog(&self, route: &str) -> bool {
-        self.lock()
-            .routes
-            .get(route)
-            .is_some_and(|rq| !rq.entries.is_empty() || rq.paused_until.is_some())
+        const LOOK: usize = 64;
+        self.lock().routes.get(route).is_some_and(|rq| {
+            rq.paused_until.is_some() || {
+                let mut set_aside = 0;
+                rq.entries.iter().any(|(id, e)| {
+                    let aside = e.stuck || e.strikes > 0 || rq.suspect.as_ref() == Some(id);
+                    set_aside += usize::from(aside);
+                    !aside || set_aside > LOOK
+                })
+            }
+        })
     }
 
     /// Store a cleaned webhook durably. Returns once it is on disk (fsync'd).
@@ -390,7 +410,7 @@ impl Spool {
             },
         };
         let bytes = record::encode(&meta, body);
-        let size = bytes.len() as u64;
+        let size = disk_use(bytes.len() as u64);
         let id = {
             let mut inner = self.lock();
             if inner.used + size > self.max_bytes {
@@ -474,6 +494,15 @@ impl Spool {
             match e.next_at {
                 Some(t) if t > now => earliest = Some(earliest.map_or(t, |x| x.min(t))),
                 _ => return Pick::Deliver(id.clone()),
+            }
+        }
+        if earliest.is_none() {
+            // Nothing left to probe the upstream with (the others were
+            // delivered, dropped or buried): the suspect is tried again.
+            if let Some(id) = rq.suspect.take() {
+                if rq.entries.get(&id).is_some_and(|e| !e.stuck) {
+                    return Pick::Deliver(id);
+                }
             }
         }
         earliest.map_or(Pick::Idle, Pick::WaitUntil)
@@ -698,7 +727,7 @@ impl Spool {
             match record::decode_meta(&bytes) {
                 Ok(meta) => {
                     let st = Layout::read_state(&self.layout.queue, &id).unwrap_or_default();
-                    found.push((id, bytes.len() as u64, meta, st));
+                    found.push((id, disk_use(bytes.len() as u64), meta, st));
                 }
                 Err(e) => {
                     tracing::warn!(id = %id, problem = %e, "spool: damaged record set aside");
@@ -711,7 +740,7 @@ impl Spool {
         for id in unknown_dead {
             self.ids.observe(&id);
             let path = Layout::msg(&self.layout.dead, &id);
-            let Ok(size) = std::fs::metadata(&path).map(|m| m.len()) else {
+            let Ok(size) = std::fs::metadata(&path).map(|m| disk_use(m.len())) else {
                 continue;
             };
             let route = match Layout::read_state(&self.layout.dead, &id) {

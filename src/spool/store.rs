@@ -199,10 +199,14 @@ impl Layout {
 
     /// Move a message (and its state) from `queue/` to `dead/`, recording `st`.
     pub fn bury(&self, id: &Id, st: &State) -> std::io::Result<()> {
-        self.write_state(&self.dead, id, st)?;
+        // The move first: it needs no space, so a full disk cannot leave the
+        // message in `queue/` (where a rescan would deliver it again) while
+        // the index counts it dead. Its state is only information.
         std::fs::rename(Layout::msg(&self.queue, id), Layout::msg(&self.dead, id))?;
         let _ = std::fs::remove_file(Layout::state(&self.queue, id));
-        sync_dir(&self.dead)
+        let state = self.write_state(&self.dead, id, st);
+        sync_dir(&self.dead)?;
+        state
     }
 
     /// Set a damaged record aside in `corrupt/`.

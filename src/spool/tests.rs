@@ -214,7 +214,7 @@ async fn a_rescan_running_beside_accepts_never_drops_a_new_entry() {
     let on_disk: u64 = Layout::list(&s.layout().queue)
         .unwrap()
         .iter()
-        .map(|(_, n)| n)
+        .map(|(_, n)| super::disk_use(*n))
         .sum();
     assert_eq!(m.spool.bytes.get() as u64, on_disk);
 }
@@ -294,4 +294,62 @@ async fn a_repeat_waits_for_the_original_to_be_durable() {
     };
     second.confirm();
     assert!(matches!(s.check_in("r", &key), Check::Duplicate));
+}
+
+#[tokio::test]
+async fn a_suspect_left_alone_is_tried_again() {
+    let d = tempfile::tempdir().unwrap();
+    let (s, _m) = open(d.path(), 1 << 30);
+    let a = put(&s, "a").await;
+    let b = put(&s, "b").await;
+    let r = route(5);
+    let later = || Instant::now() + Duration::from_secs(61);
+    for _ in 0..PROBE_AFTER {
+        s.failed(
+            &r,
+            &a,
+            "unavailable: reset".into(),
+            FailureKind::UpstreamWide,
+        );
+    }
+    assert_eq!(s.pick("r", later()), Pick::Deliver(b.clone()));
+    // The probe goes away without telling anything (an operator dropped it).
+    s.remove("r", &b);
+    // `a` is all there is: it is not left waiting for a probe that never comes.
+    assert_eq!(s.pick("r", later()), Pick::Deliver(a));
+}
+
+#[tokio::test]
+async fn only_messages_not_set_aside_are_a_backlog() {
+    let d = tempfile::tempdir().unwrap();
+    let (s, _m) = open(d.path(), 1 << 30);
+    let r = route(5);
+    assert!(!s.has_backlog("r"));
+    let a = put(&s, "a").await;
+    // A fresh message waits: a first try would overtake it.
+    assert!(s.has_backlog("r"));
+    // Its own failure sets it aside; the worker steps over it, and so may a
+    // first try.
+    s.failed(&r, &a, "422".into(), FailureKind::Message);
+    assert!(!s.has_backlog("r"));
+    // A long run of set-aside messages is taken as a backlog (bounded look).
+    for i in 0..70 {
+        let m = put(&s, &format!("m{i}")).await;
+        s.failed(&r, &m, "422".into(), FailureKind::Message);
+    }
+    assert!(s.has_backlog("r"));
+    // A paused route is one, whatever it holds.
+    let d2 = tempfile::tempdir().unwrap();
+    let (s, _m) = open(d2.path(), 1 << 30);
+    let b = put(&s, "b").await;
+    s.failed(&r, &b, "timeout".into(), FailureKind::UpstreamWide);
+    assert!(s.has_backlog("r"));
+}
+
+#[test]
+fn the_budget_counts_whole_blocks_and_a_state_file() {
+    assert_eq!(disk_use(0), 4096);
+    assert_eq!(disk_use(1), 8192);
+    assert_eq!(disk_use(4096), 8192);
+    assert_eq!(disk_use(4097), 12288);
 }

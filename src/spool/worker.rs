@@ -147,11 +147,15 @@ async fn attempt(spool: &Arc<Spool>, deliverer: &Deliverer, w: &RouteWorker, id:
             return;
         }
         _ => {
+            // A failure of this message alone (a bad block, say): it backs off
+            // and is dead-lettered after `max_attempts`, while the route's other
+            // messages go on (as `Unreachable` it paused the whole route, and
+            // never counted against the message).
             spool.failed(
                 route,
                 id,
                 "cannot read the record".into(),
-                FailureKind::Unreachable,
+                FailureKind::Message,
             );
             return;
         }
