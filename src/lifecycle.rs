@@ -2,8 +2,8 @@
 //! request ids.
 //!
 //! SIGTERM: `/readyz` turns 503, new responses close their connections, the
-//! listeners stop, and the process exits as soon as no request is in flight, or
-//! when the grace ends. SIGINT: stop at once.
+//! listeners stop (once idle, or after half the grace), and the process exits as
+//! soon as no request is in flight, or when the grace ends. SIGINT: stop at once.
 
 use crate::metrics::Metrics;
 use async_trait::async_trait;
@@ -138,12 +138,14 @@ impl ShutdownSignalWatch for Signals {
                 tracing::info!(grace_ms = self.grace.as_millis() as u64, in_flight = self.lifecycle.in_flight(), "SIGTERM: draining");
                 // /readyz turns 503 and responses close their connections, while the
                 // listeners stay open so a load balancer can notice. Once nothing is in
-                // flight (or the grace is over) the listeners close and the process
-                // exits as soon as the last request is done (pingora itself would
-                // sleep out its whole grace period).
+                // flight, or half the grace is over, the listeners close; the process
+                // exits as soon as the last request is done, or when the grace ends
+                // (pingora itself would sleep out its whole grace period). The second
+                // half is for requests accepted late: under steady traffic nothing is
+                // ever idle, and those accepted just before the end were cut.
                 self.lifecycle.start_draining();
                 let started = Instant::now();
-                while self.lifecycle.in_flight() > 0 && started.elapsed() < self.grace {
+                while self.lifecycle.in_flight() > 0 && started.elapsed() < self.grace / 2 {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 let lc = self.lifecycle.clone();

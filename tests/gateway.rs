@@ -745,6 +745,50 @@ fn sigterm_finishes_requests_in_flight_then_exits() {
 }
 
 #[test]
+fn sigterm_under_steady_traffic_answers_every_request_it_took() {
+    // Requests keep coming, so nothing is ever idle; each takes 400 ms upstream.
+    let up = Upstream::start(Behavior::Delay(Duration::from_millis(400)));
+    // (The test configuration's grace is 3 s.)
+    let mut gw = Gateway::start(&config_for(&upstream_cfg(&up, "/in"), "", ""));
+    let addr = gw.addr;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, answered) = (stop.clone(), answered.clone());
+            std::thread::spawn(move || {
+                let body = payload(0);
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    match raw(addr, &post_bytes("/webhooks/crm", &body, &[])) {
+                        Ok(r) if r.status == 200 => {
+                            answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        Ok(r) => panic!("unexpected answer {r:?}"),
+                        // Refused, or reset in the listen backlog as the listener
+                        // closes: such a request never reached the upstream.
+                        Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                    }
+                }
+            })
+        })
+        .collect();
+    assert!(wait_until(Duration::from_secs(5), || up.count() >= 8));
+    gw.signal("TERM");
+    let took = gw
+        .wait_exit(Duration::from_secs(10))
+        .expect("did not exit within the grace");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for c in clients {
+        c.join().unwrap();
+    }
+    // Every request that reached the upstream was answered to its client:
+    // none was cut when the process exited.
+    let answered = answered.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(up.count(), answered, "requests cut at exit (took {took:?})");
+    assert!(took < Duration::from_secs(4), "{took:?}");
+}
+
+#[test]
 fn sigint_stops_at_once() {
     let up = Upstream::start(ok_answer());
     let mut gw = Gateway::start(&config_for(&upstream_cfg(&up, "/in"), "", ""));
