@@ -171,7 +171,7 @@ pub async fn receive(s: &mut Stream, max_body: usize) -> Result<Response, Exchan
             }
             continue; // interim answer: the final one follows
         }
-        let closes = crate::headers::connection_nominated(&headers).close() || !version_11;
+        let closes = crate::headers::connection_close(&headers) || !version_11;
         let no_body = status == 204 || status == 304;
         let chunked = transfer_chunked(&headers)?;
         let length = content_length(&headers)?;

@@ -80,21 +80,20 @@ impl Nominated<'_> {
         }
         tokens(&self.values).any(|t| t.eq_ignore_ascii_case(name.as_str()))
     }
-
-    /// Whether `Connection` lists `close`.
-    pub fn close(&self) -> bool {
-        self.close
-    }
 }
 
 /// The elements of a comma-separated list header (`Connection`,
 /// `Transfer-Encoding`) over all its fields, trimmed, empty ones left out.
 /// A value that is not visible ASCII contributes none.
 pub fn tokens<'a>(values: &header::GetAll<'a, http::HeaderValue>) -> impl Iterator<Item = &'a str> {
-    values
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
+    values.iter().flat_map(value_tokens)
+}
+
+/// The elements of one list header field (see [`tokens`]).
+fn value_tokens(v: &http::HeaderValue) -> impl Iterator<Item = &str> {
+    v.to_str()
+        .unwrap_or_default()
+        .split(',')
         .map(str::trim)
         .filter(|t| !t.is_empty())
 }
@@ -103,11 +102,22 @@ pub fn tokens<'a>(values: &header::GetAll<'a, http::HeaderValue>) -> impl Iterat
 pub fn connection_nominated(headers: &HeaderMap) -> Nominated<'_> {
     let values = headers.get_all(header::CONNECTION);
     let (mut others, mut close) = (false, false);
-    for t in tokens(&values) {
-        if t.eq_ignore_ascii_case(CLOSE) {
+    for v in values.iter() {
+        // The usual whole values first, without splitting the list.
+        let b = v.as_bytes();
+        if b.eq_ignore_ascii_case(KEEP_ALIVE.as_bytes()) {
+            continue;
+        }
+        if b.eq_ignore_ascii_case(CLOSE.as_bytes()) {
             close = true;
-        } else if !is_fixed_hop_by_hop(t) {
-            others = true;
+            continue;
+        }
+        for t in value_tokens(v) {
+            if t.eq_ignore_ascii_case(CLOSE) {
+                close = true;
+            } else if !is_fixed_hop_by_hop(t) {
+                others = true;
+            }
         }
     }
     Nominated {
@@ -115,6 +125,11 @@ pub fn connection_nominated(headers: &HeaderMap) -> Nominated<'_> {
         others,
         close,
     }
+}
+
+/// Whether `Connection` in `headers` lists `close`.
+pub fn connection_close(headers: &HeaderMap) -> bool {
+    tokens(&headers.get_all(header::CONNECTION)).any(|t| t.eq_ignore_ascii_case(CLOSE))
 }
 
 /// Decide which client headers go upstream: everything but hop-by-hop headers,

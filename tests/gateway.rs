@@ -740,7 +740,8 @@ fn sigterm_finishes_requests_in_flight_then_exits() {
         .wait_exit(Duration::from_secs(8))
         .expect("did not exit within the grace");
     assert!(saw_draining, "readyz never reported draining");
-    assert!(took < Duration::from_secs(8));
+    // It exits once the request is done, not at the end of the 8 s grace.
+    assert!(took < Duration::from_secs(6), "{took:?}");
     assert!(gw.log().contains("SIGTERM"));
 }
 

@@ -114,7 +114,7 @@ fn dashboard_is_importable_and_names_real_metrics() {
         up.url("/q")
     ));
     let gw = Gateway::start(&cfg);
-    gw.post("/webhooks/crm", &payload(0));
+    assert_eq!(gw.post("/webhooks/crm", &payload(0)).status, 200);
     assert_eq!(gw.post("/webhooks/queued", &payload(0)).status, 202);
     let page = gw.metrics_text();
     let mut names: Vec<String> = Vec::new();

@@ -287,7 +287,19 @@ fn read_request(r: &mut BufReader<TcpStream>, conn: usize) -> Option<Received> {
     }
     let mut headers = [httparse::EMPTY_HEADER; 128];
     let mut req = httparse::Request::new(&mut headers);
-    req.parse(&head).ok()?;
+    if !matches!(req.parse(&head), Ok(httparse::Status::Complete(_))) {
+        // A whole head that does not parse still reached this upstream: it is
+        // recorded (and counted), so that "nothing reached the upstream"
+        // cannot pass while the gateway forwards garbage.
+        return Some(Received {
+            method: "<unparsable>".into(),
+            path: String::new(),
+            headers: Vec::new(),
+            body: head,
+            connection: conn,
+            answered: 0,
+        });
+    }
     let method = req.method?.to_string();
     let path = req.path?.to_string();
     let headers = owned_headers(req.headers);
@@ -691,7 +703,9 @@ impl Gateway {
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+        // An unreadable log must not pass a check that something is absent from it.
+        std::fs::read_to_string(&self.log_path)
+            .unwrap_or_else(|e| panic!("cannot read the gateway's log: {e}"))
     }
 
     pub fn send(&self, bytes: &[u8]) -> Response {
@@ -707,10 +721,25 @@ impl Gateway {
         String::from_utf8(http_get(self.metrics, "/metrics").unwrap().body).unwrap()
     }
 
-    /// The value of one sample line of /metrics (exact series text), or 0.
+    /// The value of one sample line of /metrics (exact series text), or 0
+    /// when that label set has not been counted yet. The metric itself must be
+    /// exported (its `# TYPE` line), so that a renamed metric cannot read as 0.
     pub fn metric(&self, series: &str) -> f64 {
-        self.metrics_text()
-            .lines()
+        let text = self.metrics_text();
+        let name = series.split('{').next().unwrap_or(series);
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        assert!(
+            text.lines().any(|l| l
+                .strip_prefix("# TYPE ")
+                .is_some_and(
+                    |r| r.split(' ').next() == Some(name) || r.split(' ').next() == Some(family)
+                )),
+            "metric {name} is not exported:\n{text}"
+        );
+        text.lines()
             .find_map(|l| {
                 l.strip_prefix(series)
                     .and_then(|r| r.strip_prefix(' '))
