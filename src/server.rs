@@ -285,10 +285,15 @@ impl ServeHttp for OpsApp {
             _ => (404, "text/plain", b"not found\n".to_vec()),
         };
         let len = body.len();
-        http::Response::builder()
+        let mut answer = http::Response::builder()
             .status(status)
             .header(http::header::CONTENT_TYPE, ctype)
-            .header(http::header::CONTENT_LENGTH, len)
+            .header(http::header::CONTENT_LENGTH, len);
+        if status == 405 {
+            // RFC 9110 §15.5.6: a 405 lists the methods that are allowed.
+            answer = answer.header(http::header::ALLOW, "GET, HEAD");
+        }
+        answer
             .body(body)
             .unwrap_or_else(|_| http::Response::new(Vec::new()))
     }

@@ -805,6 +805,17 @@ fn healthz_and_readyz() {
     assert_eq!(http_get(gw.metrics, "/healthz").unwrap().status, 200);
     assert_eq!(http_get(gw.metrics, "/readyz").unwrap().status, 200);
     assert_eq!(http_get(gw.metrics, "/other").unwrap().status, 404);
+    // Other methods: 405, naming the allowed ones.
+    let r = raw(
+        gw.metrics,
+        b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(
+        (r.status, r.header("allow")),
+        (405, Some("GET, HEAD")),
+        "{r:?}"
+    );
 }
 
 // ------------------------------------------------------------ shipped default

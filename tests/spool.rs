@@ -482,6 +482,18 @@ fn a_poisoned_message_does_not_block_the_rest_and_ends_in_the_dead_letters() {
         1.0,
         5
     ));
+    // An unknown id among those given: nothing is dropped.
+    let (_, list) = spool_cmd(spool.path(), &["list"]);
+    let id = list
+        .lines()
+        .find(|l| l.contains("HTTP 422"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no dead letter listed: {list}"))
+        .to_string();
+    let (ok, e) = spool_cmd(spool.path(), &["drop", &id, "0000000000001-000000"]);
+    assert!(!ok, "{e}");
+    let (_, list) = spool_cmd(spool.path(), &["list"]);
+    assert!(list.contains(&id), "a wrong id dropped the others: {list}");
     let (ok, out) = spool_cmd(spool.path(), &["drop", "--all-dead"]);
     assert!(ok && out.contains("dropped from dead"), "{out}");
     assert!(settles(

@@ -176,6 +176,65 @@ fn https_upstream_with_internal_ca() {
 }
 
 #[test]
+fn check_refuses_certificate_files_the_listener_could_not_use() {
+    if !have_tools() {
+        return;
+    }
+    let certs = tempfile::tempdir().unwrap();
+    make_certs(certs.path());
+    let d = certs.path();
+    // A key of its own, not the certificate's.
+    openssl(
+        d,
+        &[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-out",
+            "other.key",
+        ],
+    );
+    let up = Upstream::start(ok_answer());
+    let check = |cert: &str, key: &str| {
+        let tls = format!(
+            "tls = {{ cert = \"{}\", key = \"{}\" }}\n",
+            d.join(cert).display(),
+            d.join(key).display()
+        );
+        let cfg = config_for(&format!("\"{}\"", up.url("/in")), "", "")
+            .replace("threads = 2\n", &format!("threads = 2\n{tls}"))
+            .replace("{LISTEN}", "127.0.0.1:0")
+            .replace("{METRICS}", "127.0.0.1:0")
+            .replace("{SCHEMA}", &schema_path())
+            .replace("{DIR}", &d.display().to_string());
+        let file = d.join("hookgate.toml");
+        std::fs::write(&file, cfg).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_hookgate"))
+            .args(["check", "-c"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, err) = check("cert.pem", "key.pem");
+    assert!(ok, "{err}");
+    for (cert, key) in [
+        ("key.pem", "cert.pem"),
+        ("cert.pem", "other.key"),
+        ("cert.pem", "ca.pem"),
+    ] {
+        let (ok, err) = check(cert, key);
+        assert!(!ok, "{cert} with {key} passed");
+        assert!(err.contains("server.tls"), "{cert} with {key}: {err}");
+    }
+}
+
+#[test]
 fn tls_listener_serves_https() {
     if !have_tools() {
         return;

@@ -585,12 +585,19 @@ impl Builder<'_> {
             let cert = self.expand("server.tls.cert", &t.cert);
             let key = self.expand("server.tls.key", &t.key);
             let (cert, key) = (self.resolve_path(&cert), self.resolve_path(&key));
+            let mut readable = true;
             for (k, p) in [("cert", &cert), ("key", &key)] {
                 if !p.is_file() {
                     self.err(
                         format!("server.tls.{k}"),
                         format!("{} is not a readable file", p.display()),
                     );
+                    readable = false;
+                }
+            }
+            if readable {
+                if let Err(e) = check_server_tls(&cert, &key) {
+                    self.err("server.tls", e);
                 }
             }
             (cert, key)
@@ -1172,6 +1179,28 @@ impl Builder<'_> {
         }
         (failures == 0 && !targets.is_empty()).then_some(Upstream::Http(targets))
     }
+}
+
+/// Load a listener's certificate chain and key as pingora will when it starts
+/// (pingora panics on files it cannot use, after `check` would have said OK):
+/// PEM certificates, a supported private key, and a key that belongs to the
+/// first certificate.
+pub fn check_server_tls(cert: &Path, key: &Path) -> Result<(), String> {
+    use pingora::tls::{load_certs_and_key_files, version, ServerConfig};
+    let (c, k) = (cert.to_string_lossy(), key.to_string_lossy());
+    let Ok(Some((certs, key_der))) = load_certs_and_key_files(&c, &k) else {
+        return Err(format!(
+            "{c} and {k}: need PEM certificates and an unencrypted PEM private key"
+        ));
+    };
+    if certs.is_empty() {
+        return Err(format!("{c}: no PEM certificate found"));
+    }
+    ServerConfig::builder_with_protocol_versions(&[&version::TLS12, &version::TLS13])
+        .with_no_client_auth()
+        .with_single_cert(certs, key_der)
+        .map(|_| ())
+        .map_err(|e| format!("{c} with {k}: {e}"))
 }
 
 /// Read a PEM file of CA certificates; every certificate must parse.

@@ -203,9 +203,13 @@ pub fn show(
 /// and their age counted from now; they are delivered next, in id order.
 /// Returns what it did per id.
 pub fn retry(layout: &Layout, ids: &[String]) -> Result<Vec<String>, AdminError> {
+    // Every id is found first: a typo among them changes nothing.
+    let found = ids
+        .iter()
+        .map(|id| find(layout, id))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut done = Vec::new();
-    for id in ids {
-        let (id, place) = find(layout, id)?;
+    for (id, place) in found {
         match place {
             Place::Queued => {
                 done.push(format!(
@@ -247,9 +251,13 @@ pub fn dead_ids(layout: &Layout) -> std::io::Result<Vec<String>> {
 
 /// `spool drop ID...`: delete messages for good (queued, dead or damaged).
 pub fn drop_messages(layout: &Layout, ids: &[String]) -> Result<Vec<String>, AdminError> {
+    // Every id is found first: a typo among them drops nothing.
+    let found = ids
+        .iter()
+        .map(|id| find(layout, id))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut done = Vec::new();
-    for id in ids {
-        let (id, place) = find(layout, id)?;
+    for (id, place) in found {
         Layout::remove(place.folder(layout), &id)?;
         done.push(format!("{id}: dropped from {}", place.as_str()));
     }
