@@ -273,6 +273,28 @@ fn chunked_bodies_arrive_with_content_length() {
 }
 
 #[test]
+fn chunk_trailers_are_read_and_not_forwarded() {
+    let up = Upstream::start(ok_answer());
+    let gw = Gateway::start(&config_for(&upstream_cfg(&up, "/in"), "", ""));
+    let body = payload(0);
+    let mut req = post_chunked("/webhooks/crm", &body, 500);
+    // Replace the last chunk's empty trailer section with two trailer fields.
+    assert!(req.ends_with(b"0\r\n\r\n"));
+    req.truncate(req.len() - 2);
+    req.extend_from_slice(b"X-Trailer: t\r\nX-Forged-For: 6.6.6.6\r\n\r\n");
+    let r = gw.send(&req);
+    assert_eq!(r.status, 200, "{r:?}");
+    let got = &up.requests()[0];
+    assert!(got.body == body, "body changed");
+    assert_eq!(got.header("x-trailer"), None);
+    assert_eq!(got.header("x-forged-for"), None);
+    assert_eq!(
+        got.header("content-length"),
+        Some(body.len().to_string().as_str())
+    );
+}
+
+#[test]
 fn body_over_the_limit_is_413() {
     let up = Upstream::start(ok_answer());
     let cfg = config_for(&upstream_cfg(&up, "/in"), "", "")
@@ -436,6 +458,12 @@ remove = ["Cookie", "X-Drop-Me"]
     assert_eq!(got.header("x-custom"), Some("kept"));
     assert_eq!(got.header("host"), Some(up.addr.to_string().as_str()));
     assert_eq!(got.header("content-type"), Some("application/json"));
+    // The injected token is never logged or exported.
+    assert!(wait_until(Duration::from_secs(2), || gw
+        .log()
+        .contains("hookgate::access")));
+    assert!(!gw.log().contains("t0k3n"), "the injected token was logged");
+    assert!(!gw.metrics_text().contains("t0k3n"));
 }
 
 #[test]
@@ -483,6 +511,29 @@ fn slow_upstream_is_504() {
         t.elapsed() < Duration::from_millis(2900),
         "timeout_ms not applied: {:?}",
         t.elapsed()
+    );
+}
+
+#[test]
+fn an_upstream_that_stalls_mid_body_is_504() {
+    // The head and part of the body, then nothing, the connection left open.
+    let up = Upstream::start(Behavior::Raw {
+        bytes: b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"partial\":".to_vec(),
+        close: false,
+    });
+    let gw = Gateway::start(&config_for(&upstream_cfg(&up, "/in"), "", ""));
+    let t = Instant::now();
+    let r = gw.post("/webhooks/crm", &payload(0));
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (504, "upstream_timeout"),
+        "{r:?}"
+    );
+    // The route's timeout (1.5 s) bounds the whole exchange, body included.
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    assert!(
+        !r.body.windows(8).any(|w| w == b"partial\""),
+        "part of a body passed on"
     );
 }
 

@@ -94,6 +94,11 @@ fn shared_secret_is_required_rotatable_and_never_forwarded_or_logged() {
         !log.contains(new) && !log.contains(old) && !log.contains("wrong-secret"),
         "secret in the log"
     );
+    let m = gw.metrics_text();
+    assert!(
+        !m.contains(new) && !m.contains(old) && !m.contains("wrong-secret"),
+        "secret in the metrics"
+    );
 }
 
 #[test]
