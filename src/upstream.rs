@@ -130,6 +130,9 @@ struct Sink {
     /// have stopped mid-write), or the last append failed or ran out of time
     /// part-way. Checked before the next line is written.
     torn: bool,
+    /// Device and inode of the open file: when the path names another file
+    /// (moved away by log rotation, or deleted), the path is opened again.
+    id: (u64, u64),
 }
 
 impl Deliverer {
@@ -339,6 +342,17 @@ impl FileWriter {
         let mut line = compact_json_line(body);
         line.push(b'\n');
         let mut guard = self.file.lock().await;
+        if let Some(sink) = guard.as_ref() {
+            // Rotated (`mv`, then a new file at the path) or removed: reopen, as
+            // a logger does, rather than go on writing to the old file.
+            let now = tokio::fs::metadata(&self.path)
+                .await
+                .ok()
+                .map(|m| file_id(&m));
+            if now != Some(sink.id) {
+                *guard = None;
+            }
+        }
         if guard.is_none() {
             let file = tokio::fs::OpenOptions::new()
                 .create(true)
@@ -347,7 +361,12 @@ impl FileWriter {
                 .open(&self.path)
                 .await
                 .map_err(failed)?;
-            *guard = Some(Sink { file, torn: true });
+            let id = file_id(&file.metadata().await.map_err(failed)?);
+            *guard = Some(Sink {
+                file,
+                torn: true,
+                id,
+            });
         }
         let Some(sink) = guard.as_mut() else {
             return Err(Failure::Unavailable("archive file not open".into()));
@@ -383,6 +402,12 @@ impl FileWriter {
             body: Bytes::from_static(b"{\"status\":\"accepted\"}"),
         })
     }
+}
+
+/// A file's device and inode.
+fn file_id(m: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (m.dev(), m.ino())
 }
 
 /// Whether `file` is empty or ends with a newline. Anything but a regular file

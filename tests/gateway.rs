@@ -641,6 +641,31 @@ fn file_upstream_ends_a_torn_line_before_appending() {
 }
 
 #[test]
+fn file_upstream_follows_log_rotation() {
+    let gw = Gateway::start(&config_for("\"file:{DIR}/out/webhooks.jsonl\"", "", ""));
+    let path = gw.dir.path().join("out/webhooks.jsonl");
+    let rotated = gw.dir.path().join("out/webhooks.jsonl.1");
+    let body = payload(0);
+    assert_eq!(gw.post("/webhooks/crm", &body).status, 202);
+    // logrotate without copytruncate: move the file away; the next record
+    // starts a new file at the configured path.
+    std::fs::rename(&path, &rotated).unwrap();
+    assert_eq!(gw.post("/webhooks/crm", &body).status, 202);
+    assert_eq!(gw.post("/webhooks/crm", &body).status, 202);
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    let new = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(
+        (old.lines().count(), new.lines().count()),
+        (1, 2),
+        "{old}\n--\n{new}"
+    );
+    // Removed: a new file as well.
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(gw.post("/webhooks/crm", &body).status, 202);
+    assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
+}
+
+#[test]
 fn a_file_upstream_that_hangs_is_a_504_within_the_route_timeout() {
     let cfg = config_for("\"file:{DIR}/out/webhooks.jsonl\"", "", "")
         .replace("timeout_ms = 1500", "timeout_ms = 500");
