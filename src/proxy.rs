@@ -137,6 +137,9 @@ struct Facts {
     upstream_status: Option<u16>,
     call_id: Option<String>,
     outcome: &'static str,
+    /// The client sent `Expect: 100-continue` and has not been invited to
+    /// send its body: after an early answer there is nothing to discard.
+    awaiting_continue: bool,
 }
 
 #[async_trait]
@@ -193,8 +196,9 @@ impl HttpServerApp for Gateway {
                     status: r.status(),
                     headers: error_headers(&r),
                     body: Bytes::from(r.to_json()),
-                    body_unread: !session.is_body_done(),
-                    close: r.closes_connection(),
+                    body_unread: !session.is_body_done() && !facts.awaiting_continue,
+                    // A body it may still send unasked is never read as a request.
+                    close: r.closes_connection() || facts.awaiting_continue,
                 }
             }
         };
@@ -311,7 +315,7 @@ impl Gateway {
         }
 
         // Stage 5: the whole body.
-        let body = read_body(s, route.limits, &self.body_budget).await;
+        let body = read_body(s, route.limits, &self.body_budget, &mut f.awaiting_continue).await;
         f.bytes_in = s.body_bytes_read();
         // The permit holds the body's share of the memory budget until the
         // request is done.
@@ -588,6 +592,7 @@ async fn read_body(
     s: &mut ServerSession,
     limits: Limits,
     budget: &Arc<Semaphore>,
+    awaiting_continue: &mut bool,
 ) -> Result<(Bytes, Option<OwnedSemaphorePermit>), Rejection> {
     let max = limits.max_body_bytes;
     let req = s.req_header();
@@ -596,13 +601,14 @@ async fn read_body(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max) {
-        return Err(Rejection::BodyTooLarge { limit: max });
-    }
     let expects_continue = req
         .headers
         .get(header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    *awaiting_continue = expects_continue;
+    if declared.is_some_and(|n| n > max) {
+        return Err(Rejection::BodyTooLarge { limit: max });
+    }
     // Reserve the declared size up front, before a `100 Continue` invites the
     // body (an overloaded gateway answers 503 before the client uploads); a
     // chunked body reserves as it grows.
@@ -610,8 +616,11 @@ async fn read_body(
     if let Some(n) = declared.filter(|n| *n > 0) {
         permit = Some(reserve(budget, n as usize)?);
     }
-    if expects_continue && s.write_continue_response().await.is_err() {
-        return Err(Rejection::BadRequest("client went away".into()));
+    if expects_continue {
+        if s.write_continue_response().await.is_err() {
+            return Err(Rejection::BadRequest("client went away".into()));
+        }
+        *awaiting_continue = false;
     }
     let deadline = tokio::time::Instant::now() + limits.body_timeout;
     let capacity = declared.unwrap_or(16 * 1024).min(max) as usize;

@@ -357,7 +357,6 @@ impl FileWriter {
             let file = tokio::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
-                .read(true)
                 .open(&self.path)
                 .await
                 .map_err(failed)?;
@@ -373,7 +372,7 @@ impl FileWriter {
         };
         if sink.torn {
             // End the broken line first, so that this record stays whole.
-            if !ends_a_line(&mut sink.file).await.map_err(failed)? {
+            if !ends_a_line(&self.path).await {
                 line.insert(0, b'\n');
             }
         }
@@ -410,18 +409,25 @@ fn file_id(m: &std::fs::Metadata) -> (u64, u64) {
     (m.dev(), m.ino())
 }
 
-/// Whether `file` is empty or ends with a newline. Anything but a regular file
-/// (a FIFO, `/dev/null`) cannot be read back and counts as ending one.
-async fn ends_a_line(file: &mut tokio::fs::File) -> std::io::Result<bool> {
+/// Whether the file at `path` is empty or ends with a newline. A file that
+/// cannot be read back (write-only for this user, a FIFO, `/dev/null`)
+/// counts as ending one.
+async fn ends_a_line(path: &std::path::Path) -> bool {
     use tokio::io::{AsyncReadExt, AsyncSeekExt};
-    let meta = file.metadata().await?;
-    if !meta.is_file() || meta.len() == 0 {
-        return Ok(true);
+    let Ok(mut file) = tokio::fs::File::open(path).await else {
+        return true;
+    };
+    match file.metadata().await {
+        Ok(m) if m.is_file() && m.len() > 0 => {}
+        _ => return true,
     }
-    file.seek(std::io::SeekFrom::End(-1)).await?;
     let mut last = [0u8; 1];
-    file.read_exact(&mut last).await?;
-    Ok(last == *b"\n")
+    if file.seek(std::io::SeekFrom::End(-1)).await.is_err()
+        || file.read_exact(&mut last).await.is_err()
+    {
+        return true;
+    }
+    last == *b"\n"
 }
 
 /// Remove insignificant whitespace from a valid JSON text, so it fits on one line.

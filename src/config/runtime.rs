@@ -451,20 +451,27 @@ impl Builder<'_> {
         Some(fc)
     }
 
-    /// Expand `${NAME}` from the environment.
     /// `msg` with the value of every `${NAME}` that `raw` refers to written
     /// as `${NAME}` again (for messages about a value read from the environment).
     fn unexpand(&self, raw: &str, mut msg: String) -> String {
         let mut rest = raw;
         while let Some((name, after)) = rest.split_once("${").and_then(|(_, a)| a.split_once('}')) {
             if let Some(v) = self.env.var(name).filter(|v| !v.is_empty()) {
-                msg = msg.replace(&v, &format!("${{{name}}}"));
+                let reference = format!("${{{name}}}");
+                // As written, and as `{:?}` escapes it in a message.
+                let escaped = format!("{v:?}");
+                let escaped = escaped.get(1..escaped.len() - 1).unwrap_or_default();
+                msg = msg.replace(&v, &reference);
+                if !escaped.is_empty() {
+                    msg = msg.replace(escaped, &reference);
+                }
             }
             rest = after;
         }
         msg
     }
 
+    /// Expand `${NAME}` from the environment.
     fn expand(&mut self, at: &str, value: &str) -> String {
         let mut out = String::with_capacity(value.len());
         let mut rest = value;
@@ -570,12 +577,15 @@ impl Builder<'_> {
 
         // [server]
         let mut listen = Vec::new();
+        // With their places in the file, for messages.
+        let mut listen_at = Vec::new();
         if fc.server.listen.is_empty() {
             self.err("server.listen", "at least one listen address is needed");
         }
         for (i, l) in fc.server.listen.iter().enumerate() {
             if let Some(a) = self.socket_addr(&format!("server.listen[{i}]"), l) {
                 listen.push(a);
+                listen_at.push((i, a));
             }
         }
         if fc.server.threads == 0 || fc.server.threads > 256 {
@@ -652,11 +662,11 @@ impl Builder<'_> {
 
         // Two listeners on one port: the second bind would fail after start
         // (pingora gives up on that whole service while the process runs on).
-        for (i, a) in listen.iter().enumerate() {
-            if let Some(j) = listen
+        for (n, &(i, a)) in listen_at.iter().enumerate() {
+            if let Some(&(j, _)) = listen_at
                 .iter()
-                .take(i)
-                .position(|b| crate::listen::overlaps(*a, *b))
+                .take(n)
+                .find(|(_, b)| crate::listen::overlaps(a, *b))
             {
                 self.err(
                     format!("server.listen[{i}]"),
@@ -689,7 +699,9 @@ impl Builder<'_> {
             );
         }
         let trusted = self.nets("access.trusted_proxies", &fc.access.trusted_proxies);
-        for (i, n) in trusted.iter().enumerate() {
+        for (i, raw) in fc.access.trusted_proxies.iter().enumerate() {
+            // Judged on the entry as written (the parsed list skips bad ones).
+            let Ok(n) = parse_net(raw) else { continue };
             if n.prefix_len() == 0 {
                 self.err(
                     format!("access.trusted_proxies[{i}]"),
@@ -1545,14 +1557,14 @@ mod tests {
         let errs = errors(
             r#"
 [server]
-listen = ["0.0.0.0:8080", "[::]:8080", "127.0.0.1:8081", "127.0.0.1:0", "127.0.0.1:0"]
+listen = ["localhost", "0.0.0.0:8080", "[::]:8080", "127.0.0.1:8081", "127.0.0.1:0", "127.0.0.1:0"]
 
 [metrics]
 listen = "127.0.0.1:8081"
 
 [access]
 allow = []
-trusted_proxies = ["10.0.0.0/8", "::/0"]
+trusted_proxies = ["nonsense", "10.0.0.0/8", "::/0"]
 
 [[route]]
 name = "a"
@@ -1562,11 +1574,11 @@ upstream = "http://127.0.0.1:1"
         );
         let joined = errors_joined(&errs);
         assert!(
-            joined.contains("server.listen[1]: [::]:8080 overlaps server.listen[0]"),
+            joined.contains("server.listen[2]: [::]:8080 overlaps server.listen[1]"),
             "{joined}"
         );
         assert!(
-            !joined.contains("server.listen[4]"),
+            !joined.contains("server.listen[5]"),
             "port 0 twice is fine: {joined}"
         );
         assert!(
@@ -1574,13 +1586,17 @@ upstream = "http://127.0.0.1:1"
             "{joined}"
         );
         assert!(joined.contains("access.allow: is empty"), "{joined}");
-        assert!(joined.contains("access.trusted_proxies[1]"), "{joined}");
-        assert!(!joined.contains("access.trusted_proxies[0]"), "{joined}");
+        assert!(
+            joined.contains("access.trusted_proxies[2]: ::/0 trusts every address"),
+            "{joined}"
+        );
+        assert!(!joined.contains("access.trusted_proxies[1]"), "{joined}");
         assert!(
             joined.contains("route[0] \"a\".path: environment values"),
             "{joined}"
         );
-        assert_eq!(errs.len(), 5, "{joined}");
+        // And the two entries that are not addresses.
+        assert_eq!(errs.len(), 7, "{joined}");
     }
 
     #[test]
@@ -1687,6 +1703,23 @@ set = { "X-T" = "${MISSING}" }
             .join("\n");
         assert!(
             joined.contains("${UP_KEY}") && !joined.contains("s3cr3t"),
+            "{joined}"
+        );
+        // Also where a message escapes it (`{:?}`): a quote in the value.
+        let errs = load_str(
+            "[[route]]\nname = \"crm\"\npath = \"/hook\"\nupstream = \"http://127.0.0.1:0${UP_KEY}/x\"\n",
+            Path::new("/etc/hookgate/hookgate.toml"),
+            &HashMap::from([("UP_KEY".to_string(), "s3\"cr3t-value".to_string())]),
+        )
+        .unwrap_err();
+        let joined = errs
+            .errors
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(
+            joined.contains("${UP_KEY}") && !joined.contains("cr3t"),
             "{joined}"
         );
     }

@@ -199,15 +199,25 @@ pub fn show(
     Ok(())
 }
 
+/// Every id's message, each once (an id given twice is acted on once), or
+/// the first id that is wrong.
+fn find_all(layout: &Layout, ids: &[String]) -> Result<Vec<(Id, Place)>, AdminError> {
+    let mut found: Vec<(Id, Place)> = Vec::new();
+    for id in ids {
+        let (id, place) = find(layout, id)?;
+        if !found.iter().any(|(f, _)| *f == id) {
+            found.push((id, place));
+        }
+    }
+    Ok(found)
+}
+
 /// `spool retry ID...`: move dead letters back to the queue, with no attempts
 /// and their age counted from now; they are delivered next, in id order.
 /// Returns what it did per id.
 pub fn retry(layout: &Layout, ids: &[String]) -> Result<Vec<String>, AdminError> {
     // Every id is found first: a typo among them changes nothing.
-    let found = ids
-        .iter()
-        .map(|id| find(layout, id))
-        .collect::<Result<Vec<_>, _>>()?;
+    let found = find_all(layout, ids)?;
     let mut done = Vec::new();
     for (id, place) in found {
         match place {
@@ -252,10 +262,7 @@ pub fn dead_ids(layout: &Layout) -> std::io::Result<Vec<String>> {
 /// `spool drop ID...`: delete messages for good (queued, dead or damaged).
 pub fn drop_messages(layout: &Layout, ids: &[String]) -> Result<Vec<String>, AdminError> {
     // Every id is found first: a typo among them drops nothing.
-    let found = ids
-        .iter()
-        .map(|id| find(layout, id))
-        .collect::<Result<Vec<_>, _>>()?;
+    let found = find_all(layout, ids)?;
     let mut done = Vec::new();
     for (id, place) in found {
         Layout::remove(place.folder(layout), &id)?;

@@ -135,6 +135,12 @@ pub fn outgoing(route: &Route, meta: &record::Meta, body: Bytes) -> Outgoing {
     Outgoing::for_route(route, list, body, Some(&meta.key))
 }
 
+/// Errors that say the process ran short (file descriptors, memory), not that
+/// a record is bad (Linux `EMFILE`, `ENFILE`, `ENOMEM`).
+fn out_of_resources(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(24 | 23 | 12)) || e.kind() == std::io::ErrorKind::OutOfMemory
+}
+
 async fn attempt(spool: &Arc<Spool>, deliverer: &Deliverer, w: &RouteWorker, id: &Id) {
     let route = &w.route;
     let path = Layout::msg(&spool.layout().queue, id);
@@ -146,7 +152,7 @@ async fn attempt(spool: &Arc<Spool>, deliverer: &Deliverer, w: &RouteWorker, id:
             spool.forget_entry(&route.name, id);
             return;
         }
-        _ => {
+        Ok(Err(e)) if !out_of_resources(&e) => {
             // A failure of this message alone (a bad block, say): it backs off
             // and is dead-lettered after `max_attempts`, while the route's other
             // messages go on (as `Unreachable` it paused the whole route, and
@@ -156,6 +162,17 @@ async fn attempt(spool: &Arc<Spool>, deliverer: &Deliverer, w: &RouteWorker, id:
                 id,
                 "cannot read the record".into(),
                 FailureKind::Message,
+            );
+            return;
+        }
+        _ => {
+            // Out of file descriptors or memory (or the read task failed): the
+            // process's trouble, not the message's. The route pauses.
+            spool.failed(
+                route,
+                id,
+                "cannot read the record now".into(),
+                FailureKind::Unreachable,
             );
             return;
         }
