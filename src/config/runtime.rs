@@ -576,7 +576,6 @@ impl Builder<'_> {
         let fc = self.parse_file(text)?;
 
         // [server]
-        let mut listen = Vec::new();
         // With their places in the file, for messages.
         let mut listen_at = Vec::new();
         if fc.server.listen.is_empty() {
@@ -584,10 +583,10 @@ impl Builder<'_> {
         }
         for (i, l) in fc.server.listen.iter().enumerate() {
             if let Some(a) = self.socket_addr(&format!("server.listen[{i}]"), l) {
-                listen.push(a);
                 listen_at.push((i, a));
             }
         }
+        let listen: Vec<SocketAddr> = listen_at.iter().map(|&(_, a)| a).collect();
         if fc.server.threads == 0 || fc.server.threads > 256 {
             self.err("server.threads", "must be between 1 and 256");
         }
@@ -1144,13 +1143,13 @@ impl Builder<'_> {
     }
 
     fn upstream(&mut self, at: &str, u: &OneOrMany) -> Option<Upstream> {
-        let list = u.to_vec();
-        if list.is_empty() {
+        // As written (for messages), and expanded.
+        let configured = u.to_vec();
+        if configured.is_empty() {
             self.err(at, "at least one upstream is needed");
             return None;
         }
-        let configured = list.clone();
-        let list: Vec<String> = list
+        let list: Vec<String> = configured
             .iter()
             .enumerate()
             .map(|(i, s)| self.expand(&format!("{at}[{i}]"), s))

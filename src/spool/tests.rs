@@ -237,6 +237,19 @@ async fn whole_upstream_failures_pause_without_using_up_attempts() {
     );
 }
 
+/// `id` fails the whole upstream `PROBE_AFTER` times in a row (so that,
+/// with others waiting, it becomes the suspect).
+fn fail_until_suspect(s: &Spool, r: &Route, id: &Id) {
+    for _ in 0..PROBE_AFTER {
+        s.failed(
+            r,
+            id,
+            "unavailable: reset".into(),
+            FailureKind::UpstreamWide,
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_message_that_breaks_the_upstream_is_found_by_a_probe() {
     let d = tempfile::tempdir().unwrap();
@@ -268,9 +281,7 @@ async fn a_message_that_breaks_the_upstream_is_found_by_a_probe() {
     let (s, _m) = open(d2.path(), 1 << 30);
     let a = put(&s, "a").await;
     let b = put(&s, "b").await;
-    for _ in 0..PROBE_AFTER {
-        s.failed(&r, &a, "timeout".into(), FailureKind::UpstreamWide);
-    }
+    fail_until_suspect(&s, &r, &a);
     assert_eq!(s.pick("r", later()), Pick::Deliver(b.clone()));
     s.failed(&r, &b, "timeout".into(), FailureKind::UpstreamWide);
     assert_eq!(s.pick("r", later()), Pick::Deliver(a.clone()));
@@ -304,14 +315,7 @@ async fn a_suspect_left_alone_is_tried_again() {
     let b = put(&s, "b").await;
     let r = route(5);
     let later = || Instant::now() + Duration::from_secs(61);
-    for _ in 0..PROBE_AFTER {
-        s.failed(
-            &r,
-            &a,
-            "unavailable: reset".into(),
-            FailureKind::UpstreamWide,
-        );
-    }
+    fail_until_suspect(&s, &r, &a);
     assert_eq!(s.pick("r", later()), Pick::Deliver(b.clone()));
     // The probe goes away without telling anything (an operator dropped it).
     s.remove("r", &b);
