@@ -15,6 +15,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures_util::FutureExt;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use pingora::protocols::Stream;
+use smallvec::SmallVec;
 use std::io::IoSlice;
 use std::mem::MaybeUninit;
 use std::sync::Mutex;
@@ -236,19 +237,22 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<(u16, HeaderMap, bool)>, Exch
     };
     // Header values become views of the head (no copy each): note where they
     // are, then take the head out of the buffer.
+    // Inline room for a typical head's spans, left uninitialised: a zeroed
+    // array of `MAX_HEADERS` (3.2 KB) cost a `memset` of 3.2 k instructions
+    // per exchange (callgrind).
     let base = buf.as_ptr() as usize;
-    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+    let mut spans: SmallVec<[(usize, usize, usize, usize); 16]> = SmallVec::new();
     let count = resp.headers.len();
     let at = |p: *const u8, len: usize| match (p as usize).checked_sub(base) {
         Some(o) if o + len <= n => (o, o + len),
         // An empty value may point anywhere: an empty view.
         _ => (0, 0),
     };
-    for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
+    spans.extend(resp.headers.iter().map(|h| {
         let (ns, ne) = at(h.name.as_ptr(), h.name.len());
         let (vs, ve) = at(h.value.as_ptr(), h.value.len());
-        *span = (ns, ne, vs, ve);
-    }
+        (ns, ne, vs, ve)
+    }));
     let status = resp
         .code
         .filter(|c| (100..=599).contains(c))
@@ -256,7 +260,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<(u16, HeaderMap, bool)>, Exch
     let version_11 = resp.version == Some(1);
     let head = buf.split_to(n).freeze();
     let mut map = HeaderMap::with_capacity(count);
-    for &(ns, ne, vs, ve) in spans.get(..count).unwrap_or_default() {
+    for &(ns, ne, vs, ve) in &spans {
         let name = HeaderName::from_bytes(head.get(ns..ne).unwrap_or_default())
             .map_err(|_| ExchangeError::Garbage("bad header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
@@ -453,6 +457,28 @@ mod tests {
         assert_eq!(headers.get("content-length").unwrap(), "2");
         // The body stays in the buffer.
         assert_eq!(&buf[..], b"ok");
+    }
+
+    #[test]
+    fn heads_with_more_headers_than_the_inline_room_keep_every_one() {
+        // 16 spans fit inline; a head with more spills to the heap. Every
+        // header, an empty value and the last one included, keeps its value.
+        for count in [15usize, 16, 17, 99] {
+            let mut whole = b"HTTP/1.1 200 OK\r\n".to_vec();
+            for i in 0..count {
+                whole.extend_from_slice(format!("X-H{i}: v{i}\r\n").as_bytes());
+            }
+            whole.extend_from_slice(b"X-Empty:\r\n\r\nrest");
+            let mut buf = BytesMut::from(&whole[..]);
+            let (status, headers, _) = parse_head(&mut buf).unwrap().unwrap();
+            assert_eq!(status, 200);
+            assert_eq!(headers.len(), count + 1, "{count}");
+            for i in 0..count {
+                assert_eq!(headers.get(format!("x-h{i}")).unwrap(), &format!("v{i}"));
+            }
+            assert_eq!(headers.get("x-empty").unwrap(), "");
+            assert_eq!(&buf[..], b"rest");
+        }
     }
 
     #[test]
