@@ -437,17 +437,20 @@ impl Gateway {
     ) -> Result<Answer, Failure> {
         let rm = &entry.metrics;
         let t0 = Instant::now();
+        let mut retries = 0;
         let result = self
             .deliverer
-            .deliver_within(&entry.dest, out, budget)
+            .deliver_counting(&entry.dest, out, budget, &mut retries)
             .await;
         let upstream_time = t0.elapsed();
         f.upstream_time = Some(upstream_time);
         rm.upstream_duration.observe(upstream_time.as_secs_f64());
-        let (answer, retries) = result?;
+        // Counted whatever the outcome: a retry happened even when the
+        // next target failed too.
         if retries > 0 {
             rm.retries.inc_by(retries.into());
         }
+        let answer = result?;
         f.upstream_status = Some(answer.status);
         rm.response(answer.status).inc();
         Ok(answer)

@@ -5,7 +5,10 @@
 //!   hookgate's small HTTP/1.1 client (`h1`) sends each request in one write
 //!   and keeps connections for reuse. Several targets are balanced round-robin; a request is
 //!   retried on the next target only when connecting failed, i.e. when no byte of
-//!   it reached the first one.
+//!   it reached the first one. A target that failed to connect goes to the back
+//!   of the line for [`FAIL_TIMEOUT`] (nginx's `max_fails=1 fail_timeout=10s`):
+//!   tried only after every other target failed too, so no request pays for a
+//!   dead one while another is up, and none is refused while any may work.
 //! - `file:` upstreams append the body as one JSON line and answer 202.
 
 use crate::config::{FileSink, HttpTarget, Upstream, UpstreamTls};
@@ -16,9 +19,10 @@ use pingora::connectors::TransportConnector;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::utils::tls::WrappedX509;
 use pingora::ErrorType;
+use smallvec::SmallVec;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
@@ -31,6 +35,10 @@ pub const UPSTREAM_IDLE: Duration = Duration::from_secs(30);
 
 /// The longest a single connect attempt may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a target whose connect failed waits behind the others
+/// (nginx's default `fail_timeout`).
+pub const FAIL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the upstream answered.
 #[derive(Debug)]
@@ -98,6 +106,8 @@ enum Kind {
     Http {
         targets: Vec<Target>,
         next: AtomicUsize,
+        /// Zero point of the targets' `down_until`.
+        epoch: Instant,
     },
     File(Arc<FileWriter>),
 }
@@ -109,6 +119,19 @@ struct Target {
     /// `Host` header value.
     authority: HeaderValue,
     pool: h1::Pool,
+    /// Until when (ms after the destination's epoch) the target waits behind
+    /// the others after a failed connect; 0 while it is up.
+    down_until: AtomicU64,
+}
+
+impl Target {
+    fn is_down(&self, now_ms: u64) -> bool {
+        self.down_until.load(Ordering::Relaxed) > now_ms
+    }
+}
+
+fn ms_since(epoch: Instant, t: Instant) -> u64 {
+    u64::try_from(t.saturating_duration_since(epoch).as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Delivery for all routes: pingora's transport (TCP/TLS connect) and file writers.
@@ -176,10 +199,12 @@ impl Deliverer {
                             peer,
                             authority,
                             pool: h1::Pool::default(),
+                            down_until: AtomicU64::new(0),
                         })
                     })
                     .collect::<std::io::Result<Vec<Target>>>()?,
                 next: AtomicUsize::new(0),
+                epoch: Instant::now(),
             },
             Upstream::File(FileSink { path }) => {
                 if let Some(dir) = path.parent() {
@@ -215,30 +240,64 @@ impl Deliverer {
         self.deliver_within(dest, req, dest.timeout).await
     }
 
-    /// Deliver `req` to `dest` within `budget` (at most the route's timeout).
+    /// Deliver `req` to `dest` within `budget` (at most the route's timeout);
+    /// with the answer, how many times it went on to another target.
     pub async fn deliver_within(
         &self,
         dest: &Destination,
         req: Outgoing,
         budget: Duration,
     ) -> Result<(Answer, u32), Failure> {
+        let mut retries = 0;
+        self.deliver_counting(dest, req, budget, &mut retries)
+            .await
+            .map(|a| (a, retries))
+    }
+
+    /// [`Self::deliver_within`], counting in `retries` each time it went on
+    /// to another target, also when it failed in the end.
+    pub async fn deliver_counting(
+        &self,
+        dest: &Destination,
+        req: Outgoing,
+        budget: Duration,
+        retries: &mut u32,
+    ) -> Result<Answer, Failure> {
         match &dest.kind {
             // The route's timeout bounds the append too (a hung disk or
             // network filesystem answers 504, as a hung upstream does).
             Kind::File(w) => {
                 match tokio::time::timeout(budget.min(dest.timeout), w.append(&req.body)).await {
-                    Ok(answer) => answer.map(|a| (a, 0)),
+                    Ok(answer) => answer,
                     Err(_) => Err(Failure::Timeout),
                 }
             }
-            Kind::Http { targets, next } => {
-                let deadline = Instant::now() + budget.min(dest.timeout);
+            Kind::Http {
+                targets,
+                next,
+                epoch,
+            } => {
+                let now = Instant::now();
+                let deadline = now + budget.min(dest.timeout);
                 let start = next.fetch_add(1, Ordering::Relaxed);
+                let now_ms = ms_since(*epoch, now);
+                // Round-robin from `start`; targets that failed to connect in
+                // the last FAIL_TIMEOUT go after the others (one target alone
+                // is always tried). Taken once, so that a target failing below
+                // is not tried again at the back.
+                let n = targets.len();
+                let down: SmallVec<[bool; 16]> =
+                    targets.iter().map(|t| n > 1 && t.is_down(now_ms)).collect();
+                let down = &down;
+                let in_turn = move |want_down: bool| {
+                    (0..n)
+                        .map(move |i| (start + i) % n)
+                        .filter(move |&k| down.get(k) == Some(&want_down))
+                };
                 // Why the last connect failed (the text is made only then).
                 let mut last = None;
-                let mut retries = 0;
-                for i in 0..targets.len() {
-                    let Some(target) = targets.get((start + i) % targets.len()) else {
+                for (i, k) in in_turn(false).chain(in_turn(true)).enumerate() {
+                    let Some(target) = targets.get(k) else {
                         break;
                     };
                     let remaining = deadline.saturating_duration_since(Instant::now());
@@ -246,12 +305,29 @@ impl Deliverer {
                         return Err(Failure::Timeout);
                     }
                     if i > 0 {
-                        retries += 1;
+                        *retries += 1;
                     }
                     match tokio::time::timeout(remaining, self.exchange(target, &req)).await {
                         Err(_) => return Err(Failure::Timeout),
-                        Ok(Ok(a)) => return Ok((a, retries)),
-                        Ok(Err(Attempt::Connect(f))) => last = Some(f),
+                        Ok(Ok(a)) => {
+                            if target.down_until.load(Ordering::Relaxed) != 0 {
+                                target.down_until.store(0, Ordering::Relaxed);
+                            }
+                            return Ok(a);
+                        }
+                        Ok(Err(Attempt::Connect(f))) => {
+                            let until = ms_since(*epoch, Instant::now() + FAIL_TIMEOUT);
+                            if targets.len() > 1
+                                && target.down_until.swap(until, Ordering::Relaxed) <= now_ms
+                            {
+                                tracing::warn!(
+                                    upstream = %target.http.addr,
+                                    "upstream connect failed; tried after the other targets for {} s",
+                                    FAIL_TIMEOUT.as_secs()
+                                );
+                            }
+                            last = Some(f);
+                        }
                         Ok(Err(Attempt::Exchange(f))) => return Err(f),
                     }
                 }

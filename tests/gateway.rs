@@ -589,6 +589,59 @@ fn retry_only_when_nothing_reached_the_upstream() {
 }
 
 #[test]
+fn a_target_that_failed_to_connect_waits_behind_the_others() {
+    let dead = free_port();
+    let live = Upstream::start(ok_answer());
+    let list = format!("[\"http://127.0.0.1:{dead}/in\", \"{}\"]", live.url("/in"));
+    let gw = Gateway::start(&config_for(&list, "", ""));
+    // Round-robin would start at the dead target on every other request (3
+    // retries in 6); after its first failed connect it goes last, so only the
+    // first request pays for it.
+    for _ in 0..6 {
+        assert_eq!(gw.post("/webhooks/crm", &payload(0)).status, 200);
+    }
+    assert_eq!(live.count(), 6);
+    assert_eq!(
+        gw.metric("hookgate_upstream_retries_total{route=\"crm\"}"),
+        1.0
+    );
+    // Said once, with the address and not more.
+    let log = gw.log();
+    let said = log
+        .lines()
+        .filter(|l| l.contains("upstream connect failed"))
+        .collect::<Vec<_>>();
+    assert_eq!(said.len(), 1, "{log}");
+    assert!(said[0].contains(&format!("127.0.0.1:{dead}")), "{log}");
+
+    // When every target failed, each is still tried: a request is never
+    // refused while one may work, and one that comes back is found at once,
+    // not after the timeout.
+    let (a, b) = (free_port(), free_port());
+    let list = format!("[\"http://127.0.0.1:{a}/in\", \"http://127.0.0.1:{b}/in\"]");
+    let gw = Gateway::start(&config_for(&list, "", ""));
+    for _ in 0..3 {
+        let r = gw.post("/webhooks/crm", &payload(0));
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (502, "upstream_unavailable")
+        );
+    }
+    let retries = "hookgate_upstream_retries_total{route=\"crm\"}";
+    assert_eq!(gw.metric(retries), 3.0, "each request tried both targets");
+    let back = Upstream::start_on(format!("127.0.0.1:{a}").parse().unwrap(), ok_answer());
+    assert_eq!(gw.post("/webhooks/crm", &payload(0)).status, 200);
+    // Up again: first in line from now on (at most one more retry above).
+    let before = gw.metric(retries);
+    assert!(before <= 4.0, "{before}");
+    for _ in 0..4 {
+        assert_eq!(gw.post("/webhooks/crm", &payload(0)).status, 200);
+    }
+    assert_eq!(back.count(), 5);
+    assert_eq!(gw.metric(retries), before);
+}
+
+#[test]
 fn several_upstreams_are_balanced() {
     let a = Upstream::start(ok_answer());
     let b = Upstream::start(ok_answer());
