@@ -710,6 +710,56 @@ fn damaged_records_are_set_aside_and_the_rest_delivered() {
 }
 
 #[test]
+fn an_unreadable_record_fails_alone_and_ends_in_the_dead_letters() {
+    // A record that cannot be read when its turn comes is that message's
+    // failure, not the route's: it backs off and is dead-lettered after
+    // max_attempts while the others are delivered. (Made unreadable as a
+    // folder where the file should be: the read fails with EISDIR, where a
+    // mode of 000 would not stop root.)
+    let spool = tempfile::tempdir().unwrap();
+    let up_addr = reserved_addr();
+    let cfg = spool_config(
+        &format!("http://{up_addr}/in"),
+        spool.path(),
+        "spool",
+        "max_attempts = 2",
+    );
+    let gw = Gateway::start(&cfg);
+    for i in 0..4 {
+        assert_eq!(gw.post(ROUTE, &webhook(&format!("unr-{i}"))).status, 202);
+    }
+    // The upstream is down: the route waits on its first message and reads
+    // no other record, so the second one can be swapped without a race.
+    thread::sleep(Duration::from_millis(300));
+    let queue = spool.path().join("queue");
+    let msgs: Vec<String> = files_in(&queue)
+        .into_iter()
+        .filter(|f| f.ends_with(".msg"))
+        .collect();
+    assert_eq!(msgs.len(), 4);
+    let p1 = queue.join(&msgs[1]);
+    std::fs::remove_file(&p1).unwrap();
+    std::fs::create_dir(&p1).unwrap();
+
+    let up = Upstream::start_on(up_addr, ok_answer());
+    let dead = "hookgate_spool_dead_letters{route=\"crm\"}";
+    assert!(
+        wait_until(Duration::from_secs(10), || up.count() >= 3
+            && gw.metric(dead) == 1.0),
+        "{}",
+        gw.log()
+    );
+    let got: Vec<String> = up.requests().iter().map(|r| call_id_of(&r.body)).collect();
+    assert_eq!(got, ["unr-0", "unr-2", "unr-3"]);
+    // Not taken for a damaged record.
+    assert_eq!(gw.metric("hookgate_spool_corrupt_total"), 0.0);
+    let (ok, list) = spool_cmd(spool.path(), &["list"]);
+    assert!(ok && list.contains("0 queued, 1 dead, 0 damaged"), "{list}");
+    assert!(list.contains("cannot read the record"), "{list}");
+    assert_private(&gw.log());
+}
+
+#[test]
 fn a_full_spool_answers_503_and_keeps_what_it_accepted() {
     // The configured budget.
     let spool = tempfile::tempdir().unwrap();
