@@ -496,13 +496,13 @@ impl Spool {
                 _ => return Pick::Deliver(id.clone()),
             }
         }
-        if earliest.is_none() {
-            // Nothing left to probe the upstream with (the others were
-            // delivered, dropped or buried): the suspect is tried again.
-            if let Some(id) = rq.suspect.take() {
-                if rq.entries.get(&id).is_some_and(|e| !e.stuck) {
-                    return Pick::Deliver(id);
-                }
+        // Nothing due to probe the upstream with (the others were delivered,
+        // dropped or buried, or wait out a backoff of their own, maybe an hour
+        // long): the suspect is tried again now, not after them. The route's
+        // pause, over by now, paced it.
+        if let Some(id) = rq.suspect.take() {
+            if rq.entries.get(&id).is_some_and(|e| !e.stuck) {
+                return Pick::Deliver(id);
             }
         }
         earliest.map_or(Pick::Idle, Pick::WaitUntil)

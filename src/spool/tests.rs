@@ -324,6 +324,29 @@ async fn a_suspect_left_alone_is_tried_again() {
 }
 
 #[tokio::test]
+async fn a_suspect_does_not_wait_out_the_backoff_of_a_message_set_aside() {
+    let d = tempfile::tempdir().unwrap();
+    let (s, _m) = open(d.path(), 1 << 30);
+    let a = put(&s, "a").await;
+    let b = put(&s, "b").await;
+    let mut r = route(100);
+    r.redelivery.backoff_initial = Duration::from_secs(1);
+    r.redelivery.backoff_max = Duration::from_secs(3600);
+    // `b` failed on its own twelve times: set aside for 17 to 34 minutes.
+    for _ in 0..12 {
+        s.failed(&r, &b, "422".into(), FailureKind::Message);
+    }
+    // `a` breaks the whole upstream three times: the suspect, with a route
+    // pause of 2 to 4 s, and no message due to probe with.
+    fail_until_suspect(&s, &r, &a);
+    // Once the pause is over, `a` is tried again, not in half an hour.
+    assert_eq!(
+        s.pick("r", Instant::now() + Duration::from_secs(10)),
+        Pick::Deliver(a)
+    );
+}
+
+#[tokio::test]
 async fn only_messages_not_set_aside_are_a_backlog() {
     let d = tempfile::tempdir().unwrap();
     let (s, _m) = open(d.path(), 1 << 30);
