@@ -90,10 +90,12 @@ impl Pool {
     }
 }
 
-/// Serialize a request head.
+/// Serialize a request head: `Host` first, then `headers`, then the body's
+/// `Content-Length`.
 pub fn request_head(
     method: &str,
     path: &str,
+    host: &HeaderValue,
     headers: &[(HeaderName, HeaderValue)],
     body_len: usize,
 ) -> Vec<u8> {
@@ -101,7 +103,9 @@ pub fn request_head(
     h.extend_from_slice(method.as_bytes());
     h.push(b' ');
     h.extend_from_slice(path.as_bytes());
-    h.extend_from_slice(b" HTTP/1.1\r\n");
+    h.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+    h.extend_from_slice(host.as_bytes());
+    h.extend_from_slice(b"\r\n");
     for (k, v) in headers {
         h.extend_from_slice(k.as_str().as_bytes());
         h.extend_from_slice(b": ");

@@ -168,7 +168,7 @@ impl Metrics {
         let upstream_retries = must(IntCounterVec::new(
             Opts::new(
                 "hookgate_upstream_retries_total",
-                "Requests retried on another upstream after a connect failure.",
+                "Moves of a request to another upstream target after a failed connect.",
             ),
             &["route"],
         ));

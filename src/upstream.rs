@@ -5,10 +5,14 @@
 //!   hookgate's small HTTP/1.1 client (`h1`) sends each request in one write
 //!   and keeps connections for reuse. Several targets are balanced round-robin; a request is
 //!   retried on the next target only when connecting failed, i.e. when no byte of
-//!   it reached the first one. A target that failed to connect goes to the back
-//!   of the line for [`FAIL_TIMEOUT`] (nginx's `max_fails=1 fail_timeout=10s`):
-//!   tried only after every other target failed too, so no request pays for a
-//!   dead one while another is up, and none is refused while any may work.
+//!   it reached the first one. A target whose connect failed (or hung past the
+//!   request's time) goes to the back of the line for [`FAIL_TIMEOUT`] (nginx's
+//!   `max_fails=1 fail_timeout=10s`): tried only after the other targets
+//!   failed too, so requests stop paying for a dead target while another is up
+//!   (one in each 10 s finds out again whether it is back), and none is
+//!   refused while any target may answer. One warning per outage names it; the
+//!   gateway's requests and the spool's background deliveries keep their marks
+//!   apart.
 //! - `file:` upstreams append the body as one JSON line and answer 202.
 
 use crate::config::{FileSink, HttpTarget, Upstream, UpstreamTls};
@@ -19,7 +23,6 @@ use pingora::connectors::TransportConnector;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::utils::tls::WrappedX509;
 use pingora::ErrorType;
-use smallvec::SmallVec;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -127,6 +130,25 @@ struct Target {
 impl Target {
     fn is_down(&self, now_ms: u64) -> bool {
         self.down_until.load(Ordering::Relaxed) > now_ms
+    }
+
+    /// A connect failed: wait behind the others for FAIL_TIMEOUT (when there
+    /// are others, `of` targets in all). Said once per outage: the mark is
+    /// cleared only by an answer, so failing again after it expired is quiet.
+    fn failed_to_connect(&self, epoch: Instant, of: usize) {
+        if of < 2 {
+            return;
+        }
+        let until = ms_since(epoch, Instant::now() + FAIL_TIMEOUT);
+        if self.down_until.swap(until, Ordering::Relaxed) == 0 {
+            tracing::warn!(
+                upstream = %self.http.url,
+                addr = %self.http.addr,
+                "upstream connect failed; tried after the other targets until it answers again \
+                 (for {} s after each failed connect)",
+                FAIL_TIMEOUT.as_secs()
+            );
+        }
     }
 }
 
@@ -281,22 +303,30 @@ impl Deliverer {
                 let deadline = now + budget.min(dest.timeout);
                 let start = next.fetch_add(1, Ordering::Relaxed);
                 let now_ms = ms_since(*epoch, now);
-                // Round-robin from `start`; targets that failed to connect in
-                // the last FAIL_TIMEOUT go after the others (one target alone
-                // is always tried). Taken once, so that a target failing below
-                // is not tried again at the back.
+                // Round-robin from `start`: first the targets that are up, then
+                // those whose connect failed in the last FAIL_TIMEOUT (bit k of
+                // `down`, taken once, so a target failing below is not tried
+                // again; one target alone, or one past the 64th, is never down).
                 let n = targets.len();
-                let down: SmallVec<[bool; 16]> =
-                    targets.iter().map(|t| n > 1 && t.is_down(now_ms)).collect();
-                let down = &down;
-                let in_turn = move |want_down: bool| {
-                    (0..n)
-                        .map(move |i| (start + i) % n)
-                        .filter(move |&k| down.get(k) == Some(&want_down))
+                let down = if n == 1 {
+                    0
+                } else {
+                    targets
+                        .iter()
+                        .take(64)
+                        .enumerate()
+                        .fold(0u64, |m, (k, t)| m | (u64::from(t.is_down(now_ms)) << k))
                 };
                 // Why the last connect failed (the text is made only then).
                 let mut last = None;
-                for (i, k) in in_turn(false).chain(in_turn(true)).enumerate() {
+                let mut tried = 0;
+                for i in 0..2 * n {
+                    let k = start.wrapping_add(i) % n;
+                    let is_down = k < 64 && down & (1 << k) != 0;
+                    // The first pass takes the targets that are up.
+                    if is_down != (i >= n) {
+                        continue;
+                    }
                     let Some(target) = targets.get(k) else {
                         break;
                     };
@@ -304,11 +334,21 @@ impl Deliverer {
                     if remaining.is_zero() {
                         return Err(Failure::Timeout);
                     }
-                    if i > 0 {
+                    if tried > 0 {
                         *retries += 1;
                     }
-                    match tokio::time::timeout(remaining, self.exchange(target, &req)).await {
-                        Err(_) => return Err(Failure::Timeout),
+                    tried += 1;
+                    let mut connected = false;
+                    let exchange = self.exchange(target, &req, &mut connected);
+                    match tokio::time::timeout(remaining, exchange).await {
+                        Err(_) => {
+                            // Still connecting when the time ran out (a host
+                            // that drops packets): as good as refused.
+                            if !connected {
+                                target.failed_to_connect(*epoch, n);
+                            }
+                            return Err(Failure::Timeout);
+                        }
                         Ok(Ok(a)) => {
                             if target.down_until.load(Ordering::Relaxed) != 0 {
                                 target.down_until.store(0, Ordering::Relaxed);
@@ -316,16 +356,7 @@ impl Deliverer {
                             return Ok(a);
                         }
                         Ok(Err(Attempt::Connect(f))) => {
-                            let until = ms_since(*epoch, Instant::now() + FAIL_TIMEOUT);
-                            if targets.len() > 1
-                                && target.down_until.swap(until, Ordering::Relaxed) <= now_ms
-                            {
-                                tracing::warn!(
-                                    upstream = %target.http.addr,
-                                    "upstream connect failed; tried after the other targets for {} s",
-                                    FAIL_TIMEOUT.as_secs()
-                                );
-                            }
+                            target.failed_to_connect(*epoch, n);
                             last = Some(f);
                         }
                         Ok(Err(Attempt::Exchange(f))) => return Err(f),
@@ -340,7 +371,15 @@ impl Deliverer {
         }
     }
 
-    async fn exchange(&self, target: &Target, req: &Outgoing) -> Result<Answer, Attempt> {
+    /// One exchange with `target`; `connected` is set once a connection is
+    /// there (pooled or new), so a caller that gives up can tell a connect
+    /// that hung from an exchange that did.
+    async fn exchange(
+        &self,
+        target: &Target,
+        req: &Outgoing,
+        connected: &mut bool,
+    ) -> Result<Answer, Attempt> {
         // A reused connection that fails later is not retried elsewhere (an
         // Exchange error): the request may have reached the upstream first.
         let mut stream = match target.pool.take(UPSTREAM_IDLE) {
@@ -355,10 +394,14 @@ impl Deliverer {
                     .0
             }
         };
-        let mut headers = Vec::with_capacity(req.headers.len() + 1);
-        headers.push((http::header::HOST, target.authority.clone()));
-        headers.extend(req.headers.iter().cloned());
-        let head = h1::request_head("POST", &target.http.path, &headers, req.body.len());
+        *connected = true;
+        let head = h1::request_head(
+            "POST",
+            &target.http.path,
+            &target.authority,
+            &req.headers,
+            req.body.len(),
+        );
         let garbage =
             |e: h1::ExchangeError| Attempt::Exchange(Failure::Unavailable(format!("{e:?}")));
         h1::send(&mut stream, &head, &req.body)

@@ -642,6 +642,51 @@ fn a_target_that_failed_to_connect_waits_behind_the_others() {
 }
 
 #[test]
+fn a_target_that_hangs_on_connect_waits_behind_the_others_too() {
+    // A host that drops packets: a listener whose accept queue is full, so
+    // the kernel ignores further SYNs and a connect hangs. The route's 1.5 s
+    // run out before the 2 s connect timeout: the request's timeout, not the
+    // connect's, ends the try.
+    let hole = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    hole.bind(&any.into()).unwrap();
+    hole.listen(0).unwrap();
+    let hole_addr = hole.local_addr().unwrap().as_socket().unwrap();
+    let mut queued = Vec::new();
+    for _ in 0..3 {
+        if let Ok(c) = std::net::TcpStream::connect_timeout(&hole_addr, Duration::from_millis(300))
+        {
+            queued.push(c);
+        }
+    }
+    let hangs = std::net::TcpStream::connect_timeout(&hole_addr, Duration::from_millis(300));
+    assert_eq!(
+        hangs.map(|_| ()).unwrap_err().kind(),
+        std::io::ErrorKind::TimedOut,
+        "the accept queue did not fill"
+    );
+    let live = Upstream::start(ok_answer());
+    let list = format!("[\"http://{hole_addr}/in\", \"{}\"]", live.url("/in"));
+    let gw = Gateway::start(&config_for(&list, "", ""));
+    // Round-robin starts at the hole: that request runs out of time.
+    let r = gw.post("/webhooks/crm", &payload(0));
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (504, "upstream_timeout")
+    );
+    // From then on the hole waits behind the live target: every other
+    // request's turn would start there, and none times out.
+    for _ in 0..4 {
+        let r = gw.post("/webhooks/crm", &payload(0));
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    assert_eq!(live.count(), 4);
+    let log = gw.log();
+    assert_eq!(log.matches("upstream connect failed").count(), 1, "{log}");
+    drop(queued);
+}
+
+#[test]
 fn several_upstreams_are_balanced() {
     let a = Upstream::start(ok_answer());
     let b = Upstream::start(ok_answer());
