@@ -93,6 +93,11 @@ impl<'s> Tape<'s> {
         }
     }
 
+    /// The whole body, as the scanner proved it UTF-8.
+    pub fn source(&self) -> &'s str {
+        self.src
+    }
+
     /// The index the next entry gets.
     pub(crate) fn next_index(&self) -> u32 {
         self.seen
