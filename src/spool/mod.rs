@@ -499,11 +499,14 @@ impl Spool {
         // Nothing due to probe the upstream with (the others were delivered,
         // dropped or buried, or wait out a backoff of their own, maybe an hour
         // long): the suspect is tried again now, not after them. The route's
-        // pause, over by now, paced it.
-        if let Some(id) = rq.suspect.take() {
+        // pause, over by now, paced it. It stays the suspect, so a message
+        // that comes in meanwhile is the probe, not stuck behind it; an
+        // answer (`upstream_ok`) or its own failure clears that.
+        if let Some(id) = rq.suspect.clone() {
             if rq.entries.get(&id).is_some_and(|e| !e.stuck) {
                 return Pick::Deliver(id);
             }
+            rq.suspect = None;
         }
         earliest.map_or(Pick::Idle, Pick::WaitUntil)
     }

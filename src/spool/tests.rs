@@ -340,10 +340,22 @@ async fn a_suspect_does_not_wait_out_the_backoff_of_a_message_set_aside() {
     // pause of 2 to 4 s, and no message due to probe with.
     fail_until_suspect(&s, &r, &a);
     // Once the pause is over, `a` is tried again, not in half an hour.
-    assert_eq!(
-        s.pick("r", Instant::now() + Duration::from_secs(10)),
-        Pick::Deliver(a)
+    let later = || Instant::now() + Duration::from_secs(10);
+    assert_eq!(s.pick("r", later()), Pick::Deliver(a.clone()));
+    // It fails the upstream again and stays the suspect: a message that comes
+    // in meanwhile is the probe, not held behind it for three more pauses.
+    s.failed(
+        &r,
+        &a,
+        "unavailable: reset".into(),
+        FailureKind::UpstreamWide,
     );
+    let c = put(&s, "c").await;
+    assert_eq!(s.pick("r", later()), Pick::Deliver(c.clone()));
+    // `c` is delivered: `a` is the problem and waits its own backoff.
+    s.upstream_ok(&r, &c);
+    s.remove("r", &c);
+    assert_eq!(s.entry("r", &a).unwrap().strikes, 1);
 }
 
 #[tokio::test]
