@@ -237,16 +237,21 @@ async fn whole_upstream_failures_pause_without_using_up_attempts() {
     );
 }
 
+/// `id` fails the whole upstream once (a reset).
+fn reset_by(s: &Spool, r: &Route, id: &Id) {
+    s.failed(
+        r,
+        id,
+        "unavailable: reset".into(),
+        FailureKind::UpstreamWide,
+    );
+}
+
 /// `id` fails the whole upstream `PROBE_AFTER` times in a row (so that,
 /// with others waiting, it becomes the suspect).
 fn fail_until_suspect(s: &Spool, r: &Route, id: &Id) {
     for _ in 0..PROBE_AFTER {
-        s.failed(
-            r,
-            id,
-            "unavailable: reset".into(),
-            FailureKind::UpstreamWide,
-        );
+        reset_by(s, r, id);
     }
 }
 
@@ -261,12 +266,7 @@ async fn a_message_that_breaks_the_upstream_is_found_by_a_probe() {
     let later = || Instant::now() + Duration::from_secs(61);
     for _ in 0..PROBE_AFTER {
         assert_eq!(s.pick("r", later()), Pick::Deliver(a.clone()));
-        s.failed(
-            &r,
-            &a,
-            "unavailable: reset".into(),
-            FailureKind::UpstreamWide,
-        );
+        reset_by(&s, &r, &a);
     }
     // Three resets in a row on `a`: the next try goes to `b`.
     assert_eq!(s.pick("r", later()), Pick::Deliver(b.clone()));
@@ -344,12 +344,7 @@ async fn a_suspect_does_not_wait_out_the_backoff_of_a_message_set_aside() {
     assert_eq!(s.pick("r", later()), Pick::Deliver(a.clone()));
     // It fails the upstream again and stays the suspect: a message that comes
     // in meanwhile is the probe, not held behind it for three more pauses.
-    s.failed(
-        &r,
-        &a,
-        "unavailable: reset".into(),
-        FailureKind::UpstreamWide,
-    );
+    reset_by(&s, &r, &a);
     let c = put(&s, "c").await;
     assert_eq!(s.pick("r", later()), Pick::Deliver(c.clone()));
     // `c` is delivered: `a` is the problem and waits its own backoff.
