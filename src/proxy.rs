@@ -81,7 +81,8 @@ impl Gateway {
         let mut deliverer = Deliverer::new();
         let mut routes = HashMap::new();
         for r in &cfg.routes {
-            let dest = deliverer.destination(&r.upstream, r.timeout, &r.upstream_tls)?;
+            let dest =
+                deliverer.destination(&r.upstream, r.timeout, r.fail_timeout, &r.upstream_tls)?;
             let mode = r.inspector.transcription();
             let removal = (mode != crate::inspect::Transcription::Keep).then(|| mode.as_str());
             routes.insert(

@@ -152,7 +152,12 @@ pub fn services(
             let mut deliverer = Deliverer::new();
             let mut routes = Vec::new();
             for r in &spooling {
-                let dest = deliverer.destination(&r.upstream, r.timeout, &r.upstream_tls)?;
+                let dest = deliverer.destination(
+                    &r.upstream,
+                    r.timeout,
+                    r.fail_timeout,
+                    &r.upstream_tls,
+                )?;
                 routes.push(Arc::new(RouteWorker {
                     route: r.clone(),
                     dest,

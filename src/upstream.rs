@@ -6,10 +6,11 @@
 //!   and keeps connections for reuse. Several targets are balanced round-robin; a request is
 //!   retried on the next target only when connecting failed, i.e. when no byte of
 //!   it reached the first one. A target whose connect failed (or hung past the
-//!   request's time) goes to the back of the line for [`FAIL_TIMEOUT`] (nginx's
+//!   request's time) goes to the back of the line for the route's
+//!   `fail_timeout_ms` ([`FAIL_TIMEOUT`] by default, as nginx's
 //!   `max_fails=1 fail_timeout=10s`): tried only after the other targets
 //!   failed too, so requests stop paying for a dead target while another is up
-//!   (one in each 10 s finds out again whether it is back), and none is
+//!   (one in each period finds out again whether it is back), and none is
 //!   refused while any target may answer. One warning per outage names it; the
 //!   gateway's requests and the spool's background deliveries keep their marks
 //!   apart.
@@ -39,8 +40,9 @@ pub const UPSTREAM_IDLE: Duration = Duration::from_secs(30);
 /// The longest a single connect attempt may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// How long a target whose connect failed waits behind the others
-/// (nginx's default `fail_timeout`).
+/// How long a target whose connect failed waits behind the others, unless
+/// the route says otherwise (`fail_timeout_ms`; nginx's default
+/// `fail_timeout`).
 pub const FAIL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the upstream answered.
@@ -111,6 +113,8 @@ enum Kind {
         next: AtomicUsize,
         /// Zero point of the targets' `down_until`.
         epoch: Instant,
+        /// How long a target whose connect failed waits behind the others.
+        fail_timeout: Duration,
     },
     File(Arc<FileWriter>),
 }
@@ -132,21 +136,23 @@ impl Target {
         self.down_until.load(Ordering::Relaxed) > now_ms
     }
 
-    /// A connect failed: wait behind the others for FAIL_TIMEOUT (when there
-    /// are others, `of` targets in all). Said once per outage: the mark is
-    /// cleared only by an answer, so failing again after it expired is quiet.
-    fn failed_to_connect(&self, epoch: Instant, of: usize) {
-        if of < 2 {
+    /// A connect failed: wait behind the others for `wait` (when there are
+    /// others, `of` targets in all, and `wait` is not zero). Said once per
+    /// outage: the mark is cleared only by an answer, so failing again after
+    /// it expired is quiet.
+    fn failed_to_connect(&self, epoch: Instant, wait: Duration, of: usize) {
+        if of < 2 || wait.is_zero() {
             return;
         }
-        let until = ms_since(epoch, Instant::now() + FAIL_TIMEOUT);
+        // At least 1 ms: 0 means "up".
+        let until = ms_since(epoch, Instant::now() + wait).max(1);
         if self.down_until.swap(until, Ordering::Relaxed) == 0 {
             tracing::warn!(
                 upstream = %self.http.url,
                 addr = %self.http.addr,
                 "upstream connect failed; tried after the other targets until it answers again \
-                 (for {} s after each failed connect)",
-                FAIL_TIMEOUT.as_secs()
+                 (for {} ms after each failed connect)",
+                wait.as_millis()
             );
         }
     }
@@ -194,6 +200,7 @@ impl Deliverer {
         &mut self,
         upstream: &Upstream,
         timeout: Duration,
+        fail_timeout: Duration,
         tls: &UpstreamTls,
     ) -> std::io::Result<Destination> {
         // Certificates were checked when the config was loaded.
@@ -227,6 +234,7 @@ impl Deliverer {
                     .collect::<std::io::Result<Vec<Target>>>()?,
                 next: AtomicUsize::new(0),
                 epoch: Instant::now(),
+                fail_timeout,
             },
             Upstream::File(FileSink { path }) => {
                 if let Some(dir) = path.parent() {
@@ -298,13 +306,14 @@ impl Deliverer {
                 targets,
                 next,
                 epoch,
+                fail_timeout,
             } => {
                 let now = Instant::now();
                 let deadline = now + budget.min(dest.timeout);
                 let start = next.fetch_add(1, Ordering::Relaxed);
                 let now_ms = ms_since(*epoch, now);
                 // Round-robin from `start`: first the targets that are up, then
-                // those whose connect failed in the last FAIL_TIMEOUT (bit k of
+                // those whose connect failed in the last fail_timeout (bit k of
                 // `down`, taken once, so a target failing below is not tried
                 // again; one target alone, or one past the 64th, is never down).
                 let n = targets.len();
@@ -345,7 +354,7 @@ impl Deliverer {
                             // Still connecting when the time ran out (a host
                             // that drops packets): as good as refused.
                             if !connected {
-                                target.failed_to_connect(*epoch, n);
+                                target.failed_to_connect(*epoch, *fail_timeout, n);
                             }
                             return Err(Failure::Timeout);
                         }
@@ -356,7 +365,7 @@ impl Deliverer {
                             return Ok(a);
                         }
                         Ok(Err(Attempt::Connect(f))) => {
-                            target.failed_to_connect(*epoch, n);
+                            target.failed_to_connect(*epoch, *fail_timeout, n);
                             last = Some(f);
                         }
                         Ok(Err(Attempt::Exchange(f))) => return Err(f),

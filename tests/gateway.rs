@@ -642,6 +642,39 @@ fn a_target_that_failed_to_connect_waits_behind_the_others() {
 }
 
 #[test]
+fn a_set_aside_target_takes_its_turn_again_after_fail_timeout_ms() {
+    let dead = free_port();
+    let live = Upstream::start(ok_answer());
+    let list = format!("[\"http://127.0.0.1:{dead}/in\", \"{}\"]", live.url("/in"));
+    let retries = "hookgate_upstream_retries_total{route=\"crm\"}";
+    let gw = Gateway::start(&config_for(&list, "fail_timeout_ms = 1000", ""));
+    let two = |gw: &Gateway| {
+        for _ in 0..2 {
+            assert_eq!(gw.post("/webhooks/crm", &payload(0)).status, 200);
+        }
+    };
+    two(&gw);
+    assert_eq!(gw.metric(retries), 1.0);
+    // Once the mark expired, the dead target's turn comes again (one
+    // retry), and it is set aside again, without another warning.
+    std::thread::sleep(Duration::from_millis(1100));
+    two(&gw);
+    assert_eq!(gw.metric(retries), 2.0);
+    two(&gw);
+    assert_eq!(gw.metric(retries), 2.0);
+    assert_eq!(live.count(), 6);
+    let log = gw.log();
+    assert_eq!(log.matches("upstream connect failed").count(), 1, "{log}");
+
+    // 0: never set aside; every turn of the dead target costs a retry.
+    let gw = Gateway::start(&config_for(&list, "fail_timeout_ms = 0", ""));
+    two(&gw);
+    two(&gw);
+    assert_eq!(gw.metric(retries), 2.0);
+    assert!(!gw.log().contains("upstream connect failed"));
+}
+
+#[test]
 fn a_target_that_hangs_on_connect_waits_behind_the_others_too() {
     // A host that drops packets: a listener whose accept queue is full, so
     // the kernel ignores further SYNs and a connect hangs. The route's 1.5 s

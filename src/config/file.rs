@@ -245,6 +245,10 @@ pub struct RouteSection {
     /// Upstream timeout for the whole exchange.
     #[serde(default = "default_route_timeout_ms")]
     pub timeout_ms: u64,
+    /// How long an upstream target whose connect failed waits behind the
+    /// route's other targets (nginx's `fail_timeout`); 0: never.
+    #[serde(default = "default_fail_timeout_ms")]
+    pub fail_timeout_ms: u64,
     /// `proxy`, `spool` or `proxy_or_spool`.
     #[serde(default = "default_delivery")]
     pub delivery: String,
@@ -323,6 +327,9 @@ fn default_max_body() -> u64 {
     1_048_576
 }
 fn default_body_timeout_ms() -> u64 {
+    10_000
+}
+fn default_fail_timeout_ms() -> u64 {
     10_000
 }
 fn default_route_timeout_ms() -> u64 {
@@ -412,6 +419,7 @@ pub const ROUTE_KEYS: &[&str] = &[
     "validation",
     "transcription",
     "timeout_ms",
+    "fail_timeout_ms",
     "delivery",
     "max_body_bytes",
     "body_timeout_ms",

@@ -282,6 +282,9 @@ pub struct Route {
     pub inspector: Inspector,
     /// Upstream timeout (whole exchange).
     pub timeout: Duration,
+    /// How long a target whose connect failed waits behind the others
+    /// (zero: never).
+    pub fail_timeout: Duration,
     /// Delivery mode.
     pub delivery: Delivery,
     /// Body limits.
@@ -953,6 +956,12 @@ impl Builder<'_> {
         if r.timeout_ms == 0 || r.timeout_ms > 600_000 {
             self.err(format!("{at}.timeout_ms"), "must be between 1 and 600000");
         }
+        if r.fail_timeout_ms > 3_600_000 {
+            self.err(
+                format!("{at}.fail_timeout_ms"),
+                "must be at most 3600000 (0: never set a target aside)",
+            );
+        }
         let delivery = match r.delivery.as_str() {
             "proxy" => Delivery::Proxy,
             "spool" => Delivery::Spool,
@@ -1027,6 +1036,7 @@ impl Builder<'_> {
             upstream,
             inspector: Inspector::new(schema, validation, transcription),
             timeout: Duration::from_millis(r.timeout_ms.max(1)),
+            fail_timeout: Duration::from_millis(r.fail_timeout_ms),
             delivery,
             limits,
             secret,
