@@ -554,11 +554,16 @@ fn resetting_or_garbage_upstream_is_502() {
     );
 }
 
+/// An upstream list: a port nothing listens on, then `live`.
+fn dead_then_live(dead: u16, live: &Upstream) -> String {
+    format!("[\"http://127.0.0.1:{dead}/in\", \"{}\"]", live.url("/in"))
+}
+
 #[test]
 fn retry_only_when_nothing_reached_the_upstream() {
     let dead = free_port();
     let live = Upstream::start(ok_answer());
-    let list = format!("[\"http://127.0.0.1:{dead}/in\", \"{}\"]", live.url("/in"));
+    let list = dead_then_live(dead, &live);
     let gw = Gateway::start(&config_for(&list, "", ""));
     // Whichever target round-robin starts with, every request lands on the live one.
     for _ in 0..4 {
@@ -592,7 +597,7 @@ fn retry_only_when_nothing_reached_the_upstream() {
 fn a_target_that_failed_to_connect_waits_behind_the_others() {
     let dead = free_port();
     let live = Upstream::start(ok_answer());
-    let list = format!("[\"http://127.0.0.1:{dead}/in\", \"{}\"]", live.url("/in"));
+    let list = dead_then_live(dead, &live);
     let gw = Gateway::start(&config_for(&list, "", ""));
     // Round-robin would start at the dead target on every other request (3
     // retries in 6); after its first failed connect it goes last, so only the
@@ -645,7 +650,7 @@ fn a_target_that_failed_to_connect_waits_behind_the_others() {
 fn a_set_aside_target_takes_its_turn_again_after_fail_timeout_ms() {
     let dead = free_port();
     let live = Upstream::start(ok_answer());
-    let list = format!("[\"http://127.0.0.1:{dead}/in\", \"{}\"]", live.url("/in"));
+    let list = dead_then_live(dead, &live);
     let retries = "hookgate_upstream_retries_total{route=\"crm\"}";
     let gw = Gateway::start(&config_for(&list, "fail_timeout_ms = 1000", ""));
     let two = |gw: &Gateway| {
